@@ -1,0 +1,50 @@
+"""Shared fixtures: the repository root, a tiny prepared Fashion-MNIST subset, one Ray cluster per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vaeflow import config as cfg
+from vaeflow import stages
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs/image/tiny.yaml"
+
+# Downloads (where no mirror is configured) land in one cache instead of every test's temp folder.
+os.environ.setdefault("VAEFLOW_DATA_CACHE", str(ROOT / "data/raw"))
+
+
+def tiny_config(tmp: Path, *overrides: str) -> cfg.ExperimentConfig:
+    """The tiny preset with tracking and Ray storage inside ``tmp``."""
+    return cfg.load(
+        TINY,
+        overrides=[
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            f"tracking.artifact_location={tmp}/mlartifacts",
+            f"train.storage_path={tmp}/ray_results",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder whose data/processed/image holds the tiny preset's real Fashion-MNIST subset."""
+    root = tmp_path_factory.mktemp("tiny_project")
+    config = cfg.load(TINY)
+    stages.prepare(config, stages.Paths.for_modality("image", root), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for the whole session: starting Ray costs 10–30 s."""
+    import ray
+
+    # The dashboard (on 127.0.0.1) serves the state API that Ray Train's clean-up polls.
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1")
+    yield ray
+    ray.shutdown()

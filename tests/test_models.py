@@ -1,0 +1,133 @@
+"""Contract tests shared by every encoder/decoder family, plus the VAE wrapper.
+
+A new family adds one entry to FAMILIES: a tiny input spec, options and a batch factory.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from vaeflow import registry
+from vaeflow.config import ModelConfig, ModuleSpec
+from vaeflow.models.vae import build_model
+
+IMAGE_SPEC = {"channels": 1, "height": 12, "width": 8, "num_classes": 3}
+
+
+def _image_batch(n: int, generator: torch.Generator):
+    x = torch.rand(n, 1, 12, 8, generator=generator)
+    return x, torch.bernoulli(x, generator=generator), torch.randint(0, 3, (n,), generator=generator)
+
+
+FAMILIES = {
+    "conv2d/bernoulli": (IMAGE_SPEC, ModuleSpec("conv2d", {"channels": [4, 8], "hidden": 16}),
+                         ModuleSpec("conv2d", {"channels": [8, 4], "hidden": 16}), _image_batch),
+    "conv2d/gaussian": (IMAGE_SPEC, ModuleSpec("conv2d", {"channels": [4], "hidden": 16}),
+                        ModuleSpec("conv2d", {"channels": [4], "hidden": 16, "likelihood": "gaussian"}), _image_batch),
+}
+
+
+def _model(family: str, conditional: bool = False, seed: int = 0):
+    spec, enc, dec, batch = FAMILIES[family]
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(latent_dim=3, encoder=enc, decoder=dec, conditional=conditional), spec)
+    return model, batch
+
+
+def test_every_registered_family_has_a_contract_case():
+    registry.load_plugins()
+    covered = {(e.name, d.name) for _, e, d, _ in FAMILIES.values()}
+    assert {e for e, _ in covered} == set(registry.ENCODERS)
+    assert {d for _, d in covered} == set(registry.DECODERS)
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["plain", "conditional"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shapes_finiteness_and_gradients(family, conditional):
+    model, batch = _model(family, conditional)
+    g = torch.Generator().manual_seed(1)
+    x, target, labels = batch(5, g)
+    labels = labels if conditional else None
+    out = model(x, labels, target=target, generator=g)
+    assert out.posterior.mu.shape == out.posterior.logvar.shape == out.z.shape == (5, 3)
+    log_px = model.decoder.log_prob(out.decoded, target)
+    kl = out.posterior.kl_standard_normal()
+    assert log_px.shape == (5,) and kl.shape == (5, 3)
+    assert torch.isfinite(log_px).all() and torch.isfinite(kl).all() and (kl >= 0).all()
+    if model.decoder.likelihood == "bernoulli":
+        assert (log_px <= 0).all()  # a probability mass, not a density
+    (kl.sum() - log_px.sum()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_determinism_under_a_fixed_generator(family):
+    model, batch = _model(family)
+    x, target, _ = batch(4, torch.Generator().manual_seed(2))
+    a = model(x, target=target, generator=torch.Generator().manual_seed(3))
+    b = model(x, target=target, generator=torch.Generator().manual_seed(3))
+    c = model(x, target=target, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.z, b.z) and torch.equal(a.decoded.params, b.decoded.params)
+    assert not torch.equal(a.z, c.z)
+    s1 = model.sample(6, generator=torch.Generator().manual_seed(5))
+    s2 = model.sample(6, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(s1, s2) and s1.shape[0] == 6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_state_dict_round_trip_with_weights_only(family):
+    model, batch = _model(family, seed=0)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    other, _ = _model(family, seed=123)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    x, target, _ = batch(3, torch.Generator().manual_seed(0))
+    model.eval(), other.eval()
+    assert torch.equal(model.encode(x).mu, other.encode(x).mu)
+    assert torch.equal(model.decode(model.encode(x).mu).params, other.decode(other.encode(x).mu).params)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reset_parameters_reinitialises(family):
+    model, _ = _model(family)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(99)
+    model.encoder.reset_parameters()
+    model.decoder.reset_parameters()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p) and n.startswith(("encoder", "decoder"))]
+    assert changed
+
+
+def test_decode_folds_sample_dimensions():
+    model, batch = _model("conv2d/bernoulli", conditional=True)
+    x, target, labels = batch(4, torch.Generator().manual_seed(0))
+    q = model.encode(x, labels)
+    z = q.rsample(torch.Generator().manual_seed(0), k=7)  # (7, 4, 3)
+    out = model.decode(z, labels)
+    assert out.params.shape == (7, 4, 1, 12, 8)
+    assert model.decoder.log_prob(out, target).shape == (7, 4)
+    # Each of the k slices equals decoding that slice alone.
+    assert torch.allclose(out.params[2], model.decode(z[2], labels).params, atol=1e-6)
+
+
+def test_conditional_model_requires_labels():
+    model, batch = _model("conv2d/bernoulli", conditional=True)
+    x, _, _ = batch(2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="conditional: pass class labels"):
+        model.encode(x)
+
+
+def test_conditional_needs_a_labelled_data_set():
+    spec = {k: v for k, v in IMAGE_SPEC.items() if k != "num_classes"}
+    with pytest.raises(ValueError, match="no class labels"):
+        build_model(ModelConfig(latent_dim=2, conditional=True), spec)
+
+
+def test_decoder_rejects_sizes_it_cannot_produce():
+    with pytest.raises(ValueError, match="not divisible by 2\\^3"):
+        build_model(ModelConfig(decoder=ModuleSpec("conv2d", {"channels": [8, 8, 8]})), IMAGE_SPEC)

@@ -1,0 +1,104 @@
+"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config} …``.
+
+Configuration comes from a preset (``--preset``, or the one params.yaml names for the modality
+under ``modalities.<modality>.preset``), then params.yaml's ``<section>.<modality>`` entries, then
+``--set section.key=value`` overrides. User mistakes end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from vaeflow import config as cfg
+
+STAGES = ("prepare", "train", "sample", "evaluate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vaeflow", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "prepare": "fetch, verify and split the raw data set into data/processed/<modality>/",
+        "train": "train with Ray Train (resumes an unfinished job with the same config) and log to MLflow",
+        "sample": "draw samples from the trained model's prior into samples/<modality>/",
+        "evaluate": "test −ELBO, IWAE NLL and figures into metrics/ and plots/",
+        "config": "print the resolved configuration as YAML and exit",
+    }
+    for name, text in helps.items():
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument("--modality", default="image", help="modality to run (default: image)")
+        s.add_argument("--preset", type=Path, help="preset YAML (default: the one params.yaml names)")
+        s.add_argument("--params", type=Path, default=Path("params.yaml"),
+                       help="params.yaml with per-stage overrides (default: ./params.yaml; skipped if absent)")
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, e.g. --set train.epochs=3 (repeatable)")
+        s.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/ … (default: .)")
+        s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> cfg.ExperimentConfig:
+    params = args.params if args.params and args.params.is_file() else None
+    preset = args.preset
+    if preset is None:
+        if params is None:
+            raise cfg.ConfigError(f"no --preset given and {args.params} not found; pass --preset configs/{args.modality}/quick.yaml")
+        named = (cfg.read_yaml(params).get("modalities") or {}).get(args.modality, {}).get("preset")
+        if not named:
+            raise cfg.ConfigError(f"{params} names no preset under modalities.{args.modality}.preset; pass --preset")
+        preset = Path(named)
+    config = cfg.load(preset, params=params, overrides=args.overrides)
+    if config.modality != args.modality:
+        raise cfg.ConfigError(f"preset {preset} is for modality {config.modality!r}, not {args.modality!r}; pass --modality {config.modality}")
+    return config
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from vaeflow.data.download import DataNotFoundError
+    from vaeflow.data.idx import IdxFormatError
+
+    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError]
+    try:
+        from vaeflow.training.ray import TrainingError
+
+        errors.append(TrainingError)
+    except ImportError:  # pragma: no cover - ray is a hard dependency
+        pass
+    return tuple(errors)
+
+
+def run(args: argparse.Namespace) -> Any:
+    from vaeflow import stages
+
+    config = resolve_config(args)
+    if args.command == "config":
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return None
+    stage = {"prepare": stages.prepare, "train": stages.train, "sample": stages.sample, "evaluate": stages.evaluate}
+    paths = stages.Paths.for_modality(config.modality, args.root)
+    return stage[args.command](config, paths, progress=not args.no_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vaeflow").setLevel(logging.INFO)
+    try:
+        result = run(args)
+    except _user_errors() as exc:
+        print(f"vaeflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True, default=float))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The contract every modality implements: prepare raw data, load splits, feed the model."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaeflow.config import DataConfig
+
+
+@dataclasses.dataclass
+class ModelInputs:
+    """One batch as the model sees it.
+
+    Attributes:
+        x: encoder input.
+        target: what the decoder's likelihood scores (e.g. binarised pixels).
+        labels: class labels, if the data set has them: the condition of a conditional
+            model, and the colour of latent plots.
+    """
+
+    x: Any
+    target: Any
+    labels: torch.Tensor | None = None
+
+
+class Modality(abc.ABC):
+    """A kind of data (images, time series, molecules); registered in ``registry.MODALITIES``."""
+
+    @abc.abstractmethod
+    def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+        """Fetch and verify raw data, write the processed splits into ``out_dir``; return counts."""
+
+    @abc.abstractmethod
+    def load(self, processed_dir: Path, split: str) -> torch.utils.data.Dataset:
+        """One split (``train``, ``val``, ``test``) of a processed data set."""
+
+    @abc.abstractmethod
+    def input_spec(self, processed_dir: Path) -> dict[str, Any]:
+        """What the model builder needs to know about the data (shapes, vocabulary, classes)."""
+
+    @abc.abstractmethod
+    def model_inputs(
+        self, batch: Any, config: DataConfig, *, train: bool, generator: torch.Generator | None
+    ) -> ModelInputs:
+        """Turn a collated batch (already on the device) into model inputs."""
+
+    def fixed(self, dataset: torch.utils.data.Dataset, config: DataConfig, seed: int) -> torch.utils.data.Dataset:
+        """A copy of ``dataset`` whose model inputs no longer depend on a generator (e.g. binarised once),
+        so that several evaluations (ELBO, IWAE, plots) score exactly the same data."""
+        return dataset
+
+    @abc.abstractmethod
+    def example_input(self, dataset: torch.utils.data.Dataset, n: int) -> Any:
+        """``n`` inputs in the form the MLflow pyfunc model accepts (its signature's input example)."""
+
+    @abc.abstractmethod
+    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+        """Draw ``config.sample.n`` samples from the prior into ``out_dir``; return summary metrics."""
+
+    @abc.abstractmethod
+    def evaluation_figures(self, model: Any, dataset: torch.utils.data.Dataset, spec: dict[str, Any],
+                           out_dir: Path, generator: torch.Generator) -> list[Path]:
+        """Write the modality's evaluation figures into ``out_dir``; return their paths."""
+
+    def collate_fn(self) -> Any:
+        """The DataLoader collate function; None uses torch's default."""
+        return None

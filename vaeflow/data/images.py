@@ -1,0 +1,242 @@
+"""Image modality: MNIST-format data sets (Fashion-MNIST by default) → uint8 tensors.
+
+Processed layout (``data/processed/image/``): ``train.npz``, ``val.npz``, ``test.npz`` each with
+``x`` uint8 of shape (N, C, H, W) and ``y`` int64 labels, and ``spec.json`` (shape, classes).
+Pixels stay grey in storage; binarisation happens per batch (dynamic binarisation, the standard
+protocol for Bernoulli likelihoods: Salakhutdinov & Murray 2008, Burda et al. 2016).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vaeflow import plots
+from vaeflow.config import DataConfig
+from vaeflow.data.base import Modality, ModelInputs
+from vaeflow.data.download import RemoteFile, fetch
+from vaeflow.data.idx import read_idx
+from vaeflow.io import atomic_path
+from vaeflow.registry import DATASETS, MODALITIES
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class IdxImageDataset:
+    """An MNIST-format data set: four IDX files and the class names."""
+
+    train_images: RemoteFile
+    train_labels: RemoteFile
+    test_images: RemoteFile
+    test_labels: RemoteFile
+    class_names: tuple[str, ...]
+
+
+def _files(folder: str, base_url: str, digests: dict[str, dict[str, str]]) -> dict[str, RemoteFile]:
+    names = {
+        "train_images": "train-images-idx3-ubyte.gz",
+        "train_labels": "train-labels-idx1-ubyte.gz",
+        "test_images": "t10k-images-idx3-ubyte.gz",
+        "test_labels": "t10k-labels-idx1-ubyte.gz",
+    }
+    return {
+        key: RemoteFile(folder=folder, name=name, url=base_url + name, **digests[key])
+        for key, name in names.items()
+    }
+
+
+# sha256 of the decompressed IDX bytes: mirrors recompress the gz files, the content stays the same.
+DATASETS.register("fashion-mnist")(
+    IdxImageDataset(
+        **_files(
+            "fashion-mnist",
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            {
+                "train_images": {"sha256": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"},
+                "train_labels": {"sha256": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"},
+                "test_images": {"sha256": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"},
+                "test_labels": {"sha256": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+            },
+        ),
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    )
+)
+
+DATASETS.register("mnist")(
+    IdxImageDataset(
+        **_files(
+            "mnist",
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            {
+                # Upstream publishes only the gz MD5 for the training images.
+                "train_images": {"gz_md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873"},
+                "train_labels": {"sha256": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"},
+                "test_images": {"sha256": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"},
+                "test_labels": {"sha256": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"},
+            },
+        ),
+        class_names=tuple(str(i) for i in range(10)),
+    )
+)
+
+
+def load_idx_pair(images: RemoteFile, labels: RemoteFile) -> tuple[np.ndarray, np.ndarray]:
+    """Fetch, verify and read one (images, labels) pair.
+
+    Shapes:
+        images: (N, 1, H, W) uint8; labels: (N,) int64.
+    """
+    x = read_idx(fetch(images))
+    y = read_idx(fetch(labels)).astype(np.int64)
+    if x.ndim != 3 or len(x) != len(y):
+        raise ValueError(f"{images.name}/{labels.name}: {x.shape} images do not match {y.shape} labels")
+    return x[:, None], y  # (N, H, W) → (N, 1, H, W)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """In-memory uint8 images with labels; items are (image uint8 (C, H, W), label)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x = torch.from_numpy(np.ascontiguousarray(x))
+        self.y = torch.from_numpy(np.ascontiguousarray(y))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+@MODALITIES.register("image")
+class ImageModality(Modality):
+    def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+        source: IdxImageDataset = DATASETS.get_or_raise(config.dataset, "data.dataset")
+        steps = tqdm(total=4, desc=f"prepare {config.dataset}", disable=not progress)
+        x_train, y_train = load_idx_pair(source.train_images, source.train_labels)
+        steps.update(2)
+        x_test, y_test = load_idx_pair(source.test_images, source.test_labels)
+        steps.update(2)
+        steps.close()
+        if not 0 <= config.val_size < len(y_train):
+            raise ValueError(f"data.val_size must be in [0, {len(y_train)}), got {config.val_size}")
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(y_train))
+        val_idx, train_idx = np.sort(order[: config.val_size]), np.sort(order[config.val_size :])
+        train_idx = train_idx[_subset(len(train_idx), config.limit_train, rng)]
+        test_idx = _subset(len(y_test), config.limit_test, rng)
+        splits = {
+            "train": (x_train[train_idx], y_train[train_idx]),
+            "val": (x_train[val_idx], y_train[val_idx]),
+            "test": (x_test[test_idx], y_test[test_idx]),
+        }
+        _, channels, height, width = x_train.shape
+        spec = {
+            "dataset": config.dataset,
+            "channels": int(channels),
+            "height": int(height),
+            "width": int(width),
+            "num_classes": len(source.class_names),
+            "class_names": list(source.class_names),
+        }
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for split, (x, y) in splits.items():
+                np.savez(tmp / f"{split}.npz", x=x, y=y)
+            (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+        return {f"n_{split}": int(len(y)) for split, (_, y) in splits.items()} | {"rejected": 0}
+
+    def load(self, processed_dir: Path, split: str) -> ImageDataset:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        path = Path(processed_dir) / f"{split}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; run the prepare stage first (dvc repro prepare@image)")
+        with np.load(path) as f:
+            return ImageDataset(f["x"], f["y"])
+
+    def input_spec(self, processed_dir: Path) -> dict[str, Any]:
+        path = Path(processed_dir) / "spec.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; run the prepare stage first (dvc repro prepare@image)")
+        return json.loads(path.read_text())
+
+    def fixed(self, dataset: ImageDataset, config: DataConfig, seed: int) -> ImageDataset:
+        if not config.binarize:
+            return dataset
+        g = torch.Generator().manual_seed(seed)
+        binary = torch.bernoulli(dataset.x.float() / 255.0, generator=g).to(torch.uint8) * 255  # {0, 255}
+        return ImageDataset(binary.numpy(), dataset.y.numpy())
+
+    def model_inputs(
+        self, batch: Any, config: DataConfig, *, train: bool, generator: torch.Generator | None
+    ) -> ModelInputs:
+        images, labels = batch
+        x = images.float() / 255.0  # uint8 (N, C, H, W) → [0, 1]
+        if config.binarize:
+            # Fresh draws every step when training; evaluation passes a fixed-seed generator.
+            x = torch.bernoulli(x, generator=generator)
+        return ModelInputs(x=x, target=x, labels=labels)
+
+    def example_input(self, dataset: ImageDataset, n: int) -> np.ndarray:
+        return (dataset.x[:n].float() / 255.0).numpy()  # (n, C, H, W) float32 in [0, 1]
+
+    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+        n = config.sample.n
+        labels = torch.arange(n) % model.num_classes if model.num_classes else None
+        images = model.sample(n, generator=generator, labels=labels, temperature=config.sample.temperature)
+        images = images.float().cpu().numpy()  # (n, C, H, W) Bernoulli/Gaussian means in [0, 1]
+        np.savez_compressed(out_dir / "samples.npz", images=images.astype(np.float16))
+        plots.image_grid(images[:64], out_dir / "prior_samples.png", nrow=8,
+                         title=f"prior samples (temperature {config.sample.temperature})")
+        return {"n_samples": n, "mean_pixel": float(images.mean())}
+
+    @torch.no_grad()
+    def evaluation_figures(self, model: Any, dataset: ImageDataset, spec: dict[str, Any],
+                           out_dir: Path, generator: torch.Generator) -> list[Path]:
+        model.eval()
+        device = next(model.parameters()).device
+        x = dataset.x.float().to(device) / 255.0
+        y = dataset.y.to(device)
+        labels = y if model.num_classes else None
+        mean = lambda z, lab: model.decoder.mean(model.decode(z, lab)).cpu().numpy()  # noqa: E731
+
+        # Reconstructions: rows alternate originals and reconstructions from the posterior mean.
+        n = min(16, len(x))
+        recon = mean(model.encode(x[:n], None if labels is None else labels[:n]).mu, None if labels is None else labels[:n])
+        pairs = np.stack([x[:n].cpu().numpy(), recon], 1).reshape(2 * n, *recon.shape[1:])  # (n, 2, C, H, W) → (2n, …)
+        paths = [out_dir / "reconstructions.png", out_dir / "interpolation.png", out_dir / "latent_pca.png"]
+        plots.image_grid(np.concatenate([pairs[0::2][:8], pairs[1::2][:8], pairs[0::2][8:], pairs[1::2][8:]]),
+                         paths[0], nrow=8, title="test images (rows 1, 3) and reconstructions (rows 2, 4)")
+
+        # Interpolation: linear paths between the posterior means of random test pairs.
+        steps, rows = 10, []
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(generator.initial_seed())))[:64]
+        starts = [int(i) for i in idx[:32]]
+        ends = [int(j) for j in idx[32:]]
+        for a, b in list(zip(starts, ends))[:6]:
+            mu = model.encode(x[[a, b]], None if labels is None else labels[[a, b]]).mu  # (2, D)
+            t = torch.linspace(0, 1, steps, device=device)[:, None]
+            path = (1 - t) * mu[0] + t * mu[1]  # (steps, D)
+            lab = None if labels is None else torch.where(t[:, 0] < 0.5, labels[a], labels[b])
+            rows.append(mean(path, lab))
+        plots.image_grid(np.concatenate(rows), paths[1], nrow=steps, title="latent interpolation between test images")
+
+        # Latent scatter of posterior means over the test set.
+        mus = torch.cat([model.encode(x[i : i + 1024], None if labels is None else labels[i : i + 1024]).mu
+                         for i in range(0, len(x), 1024)])
+        plots.latent_scatter(mus.cpu().numpy(), y.cpu().numpy(), paths[2], class_names=spec.get("class_names", ()))
+        return paths

@@ -1,0 +1,1 @@
+"""Encoders, decoders (each owning its likelihood) and the VAE that joins them."""

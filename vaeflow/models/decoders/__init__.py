@@ -1,0 +1,1 @@
+"""Decoder families, one per file; each registers itself in ``registry.DECODERS``."""

@@ -1,0 +1,1 @@
+"""Encoder families, one per file; each registers itself in ``registry.ENCODERS``."""

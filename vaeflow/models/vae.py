@@ -1,0 +1,95 @@
+"""The VAE: encoder → reparameterised z → decoder. No loss in ``forward`` (see ``vaeflow.losses``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaeflow import registry
+from vaeflow.config import ModelConfig
+from vaeflow.models.distributions import DiagonalGaussian
+from vaeflow.models.outputs import DecoderOutput, VAEOutput
+
+# Size of the learned label embedding of a conditional VAE.
+COND_DIM = 16
+
+
+class VAE(nn.Module):
+    """Variational autoencoder (Kingma & Welling 2014, https://arxiv.org/abs/1312.6114).
+
+    Args:
+        encoder: maps (x, cond) to an ``EncoderOutput``.
+        decoder: maps (z, cond) to a ``DecoderOutput`` and owns ``log_prob`` / ``generate``.
+        latent_dim: size of z.
+        num_classes: classes of a conditional VAE (Sohn et al. 2015); 0 for an unconditional one.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, latent_dim: int, num_classes: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, COND_DIM) if num_classes else None
+
+    def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Label embedding for a conditional model, None otherwise. Shapes: (N,) → (N, COND_DIM)."""
+        if self.embed is None:
+            return None
+        if labels is None:
+            raise ValueError("this VAE is conditional: pass class labels (cond=...)")
+        return self.embed(labels)
+
+    def encode(self, x: Any, labels: torch.Tensor | None = None) -> DiagonalGaussian:
+        out = self.encoder(x, self.condition(labels))
+        return DiagonalGaussian(out.mu, out.logvar)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None, target: Any = None) -> DecoderOutput:
+        """Decode z; leading sample dimensions (k, N, D) are folded into the batch and restored."""
+        lead = z.shape[:-1]
+        cond = self.condition(labels)
+        if z.dim() > 2:
+            z = z.reshape(-1, z.shape[-1])  # (k, N, D) → (k*N, D)
+            if cond is not None:
+                cond = cond.expand(*lead, cond.shape[-1]).reshape(-1, cond.shape[-1])
+        out = self.decoder(z, cond, target)
+        if len(lead) > 1:
+            unfold = lambda t: None if t is None else t.reshape(*lead, *t.shape[1:])  # noqa: E731
+            out = DecoderOutput(params=unfold(out.params), scale=out.scale)
+        return out
+
+    def forward(
+        self, x: Any, labels: torch.Tensor | None = None, *, target: Any = None, generator: torch.Generator | None = None
+    ) -> VAEOutput:
+        posterior = self.encode(x, labels)
+        z = posterior.rsample(generator)
+        return VAEOutput(posterior=posterior, z=z, decoded=self.decode(z, labels, target))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        mean: bool = True,
+    ) -> Any:
+        """Draw z ~ N(0, temperature² I) and decode with the decoder's ``generate``."""
+        device = next(self.parameters()).device
+        z = temperature * torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return self.decoder.generate(self.decode(z, labels), generator, mean=mean)
+
+
+def build_model(config: ModelConfig, input_spec: dict[str, Any]) -> VAE:
+    """Build a VAE from its config and the data's input spec (the only place that reads a ModelConfig)."""
+    num_classes = int(input_spec.get("num_classes", 0)) if config.conditional else 0
+    if config.conditional and not num_classes:
+        raise ValueError("model.conditional is true but the data set has no class labels; set it to false")
+    cond_dim = COND_DIM if num_classes else 0
+    derived = {"input_spec": input_spec, "latent_dim": config.latent_dim, "cond_dim": cond_dim}
+    encoder = registry.build(registry.ENCODERS, config.encoder, **derived)
+    decoder = registry.build(registry.DECODERS, config.decoder, **derived)
+    return VAE(encoder, decoder, latent_dim=config.latent_dim, num_classes=num_classes)

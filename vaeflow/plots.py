@@ -1,0 +1,80 @@
+"""Figures written as PNG files: image grids, interpolation strips, latent scatter, training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vaeflow.io import atomic_path  # noqa: E402
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def tile(images: np.ndarray, nrow: int) -> np.ndarray:
+    """Tile images into one picture.
+
+    Shapes:
+        images: (N, C, H, W) in [0, 1] → (rows*(H+1)+1, nrow*(W+1)+1, C)
+    """
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    canvas = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1, c), dtype=np.float32)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = img.transpose(1, 2, 0)
+    return canvas
+
+
+def image_grid(images: np.ndarray, path: str | Path, *, nrow: int = 8, title: str = "") -> None:
+    canvas = tile(np.clip(images, 0, 1), nrow)
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 30, canvas.shape[0] / 30 + (0.4 if title else 0)))
+    ax.imshow(canvas.squeeze(-1) if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def latent_scatter(z: np.ndarray, labels: np.ndarray, path: str | Path, *, class_names: Sequence[str] = ()) -> None:
+    """2-D PCA of latent means, coloured by class. Shapes: z: (N, D); labels: (N,)."""
+    centred = z - z.mean(0)
+    if z.shape[1] > 2:
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy, axes = centred @ vt[:2].T, ("PC 1", "PC 2")
+    else:
+        xy, axes = np.pad(centred, ((0, 0), (0, 2 - z.shape[1]))), ("z 1", "z 2")
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    cmap = plt.get_cmap("tab10")
+    for c in np.unique(labels):
+        m = labels == c
+        name = class_names[c] if c < len(class_names) else str(c)
+        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.6, color=cmap(int(c) % 10), label=name)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title("Posterior means of test examples")
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def training_curves(history: Sequence[dict[str, float]], path: str | Path) -> None:
+    """Train vs validation loss, −ELBO, reconstruction and KL per epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for ax, key in zip(axes, ("loss", "neg_elbo", "recon", "kl")):
+        for split, style in (("train", "-o"), ("val", "--s")):
+            ax.plot(epochs, [row[f"{split}_{key}"] for row in history], style, ms=3, label=split)
+        ax.set_title({"loss": "loss (β-weighted)", "neg_elbo": "−ELBO (nats)", "recon": "−log p(x|z)", "kl": "KL(q‖p)"}[key])
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,254 @@
+"""The pipeline's stages as plain functions: prepare → train → sample → evaluate.
+
+Each takes the resolved config and the stage's paths, writes its outputs atomically, returns the
+metrics it wrote, and logs into the job's single MLflow run (opened by ``train``, whose id
+``models/<modality>/run.json`` carries to the later stages).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaeflow import registry, tracking
+from vaeflow.config import ExperimentConfig
+from vaeflow.io import atomic_path, write_json
+from vaeflow.training import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Where a modality's stages read and write (the dvc.yaml deps and outs)."""
+
+    processed: Path
+    model: Path
+    samples: Path
+    metrics: Path
+    plots: Path
+
+    @classmethod
+    def for_modality(cls, modality: str, root: str | Path = ".") -> Paths:
+        root = Path(root)
+        return cls(
+            processed=root / "data/processed" / modality,
+            model=root / "models" / modality,
+            samples=root / "samples" / modality,
+            metrics=root / "metrics" / modality,
+            plots=root / "plots" / modality,
+        )
+
+
+def _modality(config: ExperimentConfig) -> Any:
+    return registry.MODALITIES.get_or_raise(config.modality, "modality")()
+
+
+def _device(config: ExperimentConfig) -> torch.device:
+    return torch.device("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def prepare(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
+    counts = _modality(config).prepare(config.data, config.seed, paths.processed, progress=progress)
+    write_json(paths.metrics / "prepare.json", counts)
+    return counts
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+JOB_MARKER = "vaeflow_job.json"
+
+
+def _resume_or_start(config: ExperimentConfig, tags: dict[str, str]) -> tuple[str, str]:
+    """Ray run name and MLflow run id for this job: an unfinished job with the same config and data
+    resumes (same Ray run name and storage path, same MLflow run); otherwise a new attempt starts."""
+    base = f"{config.modality}-{config.digest(exclude=('sample', 'evaluate', 'tracking'))}-{tags['vaeflow.data_sha256'][:8]}"
+    storage = Path(config.train.storage_path).resolve()
+    c = tracking.client(config.tracking)
+    for attempt in itertools.count(1):
+        name = base if attempt == 1 else f"{base}-{attempt}"
+        marker = storage / name / JOB_MARKER
+        if marker.is_file():
+            job = json.loads(marker.read_text())
+            if job.get("status") == "finished":
+                continue
+            try:
+                c.update_run(job["mlflow_run_id"], status="RUNNING")
+                log.info("resuming %s (MLflow run %s)", name, job["mlflow_run_id"])
+                return name, job["mlflow_run_id"]
+            except Exception:  # the tracking store lost that run: keep the checkpoints, open a new run
+                log.warning("MLflow run %s not found; logging the resumed job to a new run", job.get("mlflow_run_id"))
+        run_id = tracking.start_run(config, tags, run_name=name)
+        write_json(marker, {"mlflow_run_id": run_id, "status": "running"})
+        return name, run_id
+    raise AssertionError("unreachable")
+
+
+def _write_history_csv(history: list[dict[str, float]], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example: Any, tags: dict[str, str]) -> str:
+    """Log the pyfunc model with signature and input example, register it and point the alias at it."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from vaeflow.serving import PREDICT_PARAMS
+
+    model, _, _ = checkpoint.load_model(model_file)
+    with torch.no_grad():
+        output = model.encode(torch.as_tensor(example)).mu.numpy()
+    signature = infer_signature(example, output, params=PREDICT_PARAMS)
+    name = config.tracking.registered_model
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: nothing pickled
+            artifacts={"checkpoint": str(model_file)},
+            signature=signature,
+            input_example=example,
+            # vaeflow itself must be importable where the model loads (pip install the project).
+            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "pyyaml"],
+            registered_model_name=name,
+        )
+    c = tracking.client(config.tracking)
+    version = str(info.registered_model_version)
+    c.set_registered_model_alias(name, config.tracking.alias, version)
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, value)
+    return version
+
+
+def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
+    from vaeflow import plots
+    from vaeflow.training.ray import fit
+
+    modality = _modality(config)
+    tags = tracking.lineage_tags(config, paths.processed)
+    run_name, run_id = _resume_or_start(config, tags)
+    result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress)
+
+    best = checkpoint.load(result.best)
+    history = result.history
+    with atomic_path(paths.model) as tmp:
+        tmp.mkdir()
+        # The model file keeps what inference needs: no optimizer state.
+        checkpoint.save(tmp / "model.pt", **{k: best[k] for k in ("model", "config", "input_spec", "epoch", "mlflow_run_id")})
+        example = modality.example_input(modality.load(paths.processed, "val"), 4)
+        version = _log_model(config, run_id, tmp / "model.pt", example,
+                             {"modality": config.modality, "data_sha256": tags["vaeflow.data_sha256"],
+                              "git_commit": tags["git_commit"], "best_val_neg_elbo": f"{history[best['epoch'] - 1]['val_neg_elbo']:.4f}"})
+        run_info = {
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking.tracking_uri(config.tracking),
+            "ray_run": str(result.run_dir),
+            "registered_model": config.tracking.registered_model,
+            "model_version": version,
+            "alias": config.tracking.alias,
+        }
+        (tmp / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    _write_history_csv(history, paths.plots / "history.csv")
+    plots.training_curves(history, paths.plots / "training_curves.png")
+    c = tracking.client(config.tracking)
+    c.log_artifact(run_id, str(paths.plots / "training_curves.png"), "plots")
+    c.log_artifact(run_id, str(paths.plots / "history.csv"), "plots")
+
+    last = history[-1]
+    metrics = {
+        "epochs": len(history),
+        "best_epoch": int(best["epoch"]),
+        "best_val_neg_elbo": history[best["epoch"] - 1]["val_neg_elbo"],
+        "final_train_neg_elbo": last["train_neg_elbo"],
+        "final_val_neg_elbo": last["val_neg_elbo"],
+        "final_val_kl": last["val_kl"],
+        "median_epoch_time_s": sorted(r["epoch_time_s"] for r in history)[len(history) // 2],
+    }
+    write_json(paths.metrics / "train.json", metrics)
+    tracking.log_metrics(c, run_id, {f"best_val_neg_elbo": metrics["best_val_neg_elbo"]})
+    c.set_terminated(run_id, "FINISHED")
+    write_json(result.run_dir / JOB_MARKER, {"mlflow_run_id": run_id, "status": "finished"})
+    return metrics
+
+
+# --- sample and evaluate -----------------------------------------------------------------------------
+
+
+def _load_trained(paths: Paths, config: ExperimentConfig) -> tuple[Any, dict[str, Any]]:
+    model, _, _ = checkpoint.load_model(paths.model / "model.pt", map_location=_device(config))
+    run_file = paths.model / "run.json"
+    if not run_file.is_file():
+        raise FileNotFoundError(f"{run_file} not found; run the train stage first (dvc repro train@{config.modality})")
+    return model, json.loads(run_file.read_text())
+
+
+def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
+    model, run = _load_trained(paths, config)
+    generator = torch.Generator(device=_device(config)).manual_seed(config.seed)
+    with atomic_path(paths.samples) as tmp:
+        tmp.mkdir()
+        metrics = _modality(config).write_samples(model, config, tmp, generator)
+    write_json(paths.metrics / "sample.json", metrics)
+    c = tracking.client(config.tracking)
+    c.log_artifacts(run["mlflow_run_id"], str(paths.samples), "samples")
+    tracking.log_metrics(c, run["mlflow_run_id"], {f"sample_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
+    from torch.utils.data import DataLoader, Subset
+
+    from vaeflow.metrics.images import iwae_nll
+    from vaeflow.training.loop import run_epoch
+
+    modality = _modality(config)
+    model, run = _load_trained(paths, config)
+    device = _device(config)
+    ev = config.evaluate
+    # The test split with its randomness fixed once (e.g. binarised with the job seed).
+    test = modality.fixed(modality.load(paths.processed, "test"), config.data, config.seed)
+    loader = lambda ds: DataLoader(ds, batch_size=ev.batch_size, collate_fn=modality.collate_fn())  # noqa: E731
+    g = lambda: torch.Generator(device=device).manual_seed(config.seed)  # noqa: E731
+
+    elbo = run_epoch(model, loader(test), modality, config, epoch=0, device=device, generator=g())
+    n_iwae = min(ev.iwae_examples or len(test), len(test))
+    subset = Subset(test, range(n_iwae))
+    nll = iwae_nll(model, loader(subset), modality, config.data, k=ev.iwae_k, device=device, generator=g(), progress=progress)
+    subset_elbo = run_epoch(model, loader(subset), modality, config, epoch=0, device=device, generator=g())
+    metrics = {
+        "test_neg_elbo": elbo["neg_elbo"],
+        "test_recon": elbo["recon"],
+        "test_kl": elbo["kl"],
+        "n_test": len(test),
+        "test_nll_iwae": float(nll.mean()),
+        "test_nll_iwae_sem": float(nll.std() / max(len(nll), 1) ** 0.5),
+        "iwae_k": ev.iwae_k,
+        "iwae_examples": n_iwae,
+        # −ELBO on the same examples as the IWAE NLL, so the two are directly comparable.
+        "iwae_subset_neg_elbo": subset_elbo["neg_elbo"],
+    }
+    spec = modality.input_spec(paths.processed)
+    figures_dir = paths.plots / "evaluation"
+    with atomic_path(figures_dir) as tmp:
+        tmp.mkdir()
+        modality.evaluation_figures(model, test, spec, tmp, g())
+    write_json(paths.metrics / "evaluate.json", metrics)
+
+    c = tracking.client(config.tracking)
+    run_id = run["mlflow_run_id"]
+    tracking.log_metrics(c, run_id, metrics)
+    c.log_artifacts(run_id, str(figures_dir), "evaluation")
+    c.log_artifact(run_id, str(paths.metrics / "evaluate.json"), "evaluation")
+    for key in ("test_neg_elbo", "test_nll_iwae"):
+        c.set_model_version_tag(run["registered_model"], run["model_version"], key, f"{metrics[key]:.4f}")
+    return metrics

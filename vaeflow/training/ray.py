@@ -1,0 +1,235 @@
+"""Data-parallel training on Ray Train: the only module that imports ``ray.train``.
+
+The driver puts the processed splits into Ray's object store (so workers on other nodes need no
+shared file system for data), builds the ``TorchTrainer`` and returns the best and latest
+checkpoints. Each worker runs ``_train_worker``: the plain-torch epochs of ``vaeflow.training.loop``
+inside DDP, with rank 0 alone logging to MLflow and writing checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from vaeflow import registry, tracking
+from vaeflow.config import ExperimentConfig, from_dict
+from vaeflow.models.vae import build_model
+from vaeflow.training import checkpoint
+from vaeflow.training.loop import METRICS, NonFiniteLossError, run_epoch, seeded_generator, unwrap
+
+log = logging.getLogger(__name__)
+
+# Checkpoints are ranked by validation −ELBO: unlike the training loss it does not move with β warm-up.
+SCORE = "val_neg_elbo"
+
+
+class TrainingError(RuntimeError):
+    """Training failed for a reason the user can act on (the message says which)."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What a finished training job leaves behind.
+
+    Attributes:
+        best: folder of the checkpoint with the lowest validation −ELBO.
+        latest: folder of the last epoch's checkpoint.
+        history: one dict of metrics per epoch.
+        run_dir: Ray Train's folder for this run (storage_path/name).
+    """
+
+    best: Path
+    latest: Path
+    history: list[dict[str, float]]
+    run_dir: Path
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one.
+
+    A local cluster's dashboard binds to 127.0.0.1.
+    """
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+
+
+def _progress_factory(rank: int) -> Any:
+    """A progress-bar constructor for rank 0 (rendered on the driver through Ray), None elsewhere."""
+    if rank != 0:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm
+
+
+def _train_worker(cfg: dict[str, Any]) -> None:
+    """Per-worker training function (runs inside a Ray Train worker)."""
+    config: ExperimentConfig = from_dict(ExperimentConfig, cfg["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config.train.cpus_per_worker)  # never oversubscribe: workers × threads ≤ cores
+    device = ray.train.torch.get_device()
+    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    train_ds, val_ds = ray.get(cfg["train"]), ray.get(cfg["val"])
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = build_model(config.model, cfg["input_spec"])
+    optimizer_state, start_epoch, history = None, 0, []
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            state = checkpoint.load(d)
+        model.load_state_dict(state["model"])
+        optimizer_state, start_epoch, history = state["optimizer"], state["epoch"], state["history"]
+    model = ray.train.torch.prepare_model(model)  # moves to device, wraps in DDP when world > 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    # Our own DistributedSampler (also for one worker): its seed + set_epoch make each epoch's order
+    # a function of (seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one.
+    per_worker = config.train.batch_size // world
+    collate = modality.collate_fn()
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+    train_loader = DataLoader(train_ds, batch_size=per_worker, sampler=sampler, drop_last=True, collate_fn=collate)
+    val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
+    val_loader = DataLoader(val_ds, batch_size=per_worker, sampler=val_sampler, collate_fn=collate)
+
+    mlflow_client = tracking.MlflowClient(tracking_uri=cfg["tracking_uri"]) if rank == 0 else None
+    if mlflow_client is not None and history:
+        logged = {m.step for m in mlflow_client.get_metric_history(cfg["run_id"], SCORE)}
+        _log_epochs(mlflow_client, cfg["run_id"], [row for row in history if row["epoch"] not in logged])
+    progress = _progress_factory(rank) if cfg.get("progress", True) else None
+    for epoch in range(start_epoch, config.train.epochs):
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        train = run_epoch(
+            model, train_loader, modality, config, epoch=epoch, device=device, optimizer=optimizer,
+            generator=seeded_generator(device, config.seed, "train", epoch, rank), progress=progress,
+        )
+        seconds = time.perf_counter() - started
+        # The same fixed binarisation of the validation set every epoch.
+        val = run_epoch(
+            model, val_loader, modality, config, epoch=epoch, device=device,
+            generator=seeded_generator(device, config.seed, "val", rank),
+        )
+        row = {"epoch": epoch + 1, "beta": train["beta"], "epoch_time_s": seconds,
+               "train_examples_per_s": len(sampler) * world / seconds}
+        row |= {f"train_{k}": train[k] for k in METRICS} | {f"val_{k}": val[k] for k in METRICS}
+        history.append(row)
+        if rank == 0:
+            print(f"epoch {epoch + 1}/{config.train.epochs}: train −ELBO {train['neg_elbo']:.2f}, "
+                  f"val −ELBO {val['neg_elbo']:.2f} (KL {val['kl']:.2f}), {seconds:.1f} s", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint.save(
+                    Path(tmp) / checkpoint.FILENAME,
+                    model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
+                    history=history, config=cfg["config"], input_spec=cfg["input_spec"], mlflow_run_id=cfg["run_id"],
+                )
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            # Logged only once the epoch's checkpoint is persisted: a crash in between leaves a gap
+            # that the resumed job backfills from the checkpoint's history, never a duplicate step.
+            _log_epochs(mlflow_client, cfg["run_id"], [row])
+        else:
+            ray.train.report(row)  # a barrier: every worker reports every epoch
+
+
+def _log_epochs(client: Any, run_id: str, rows: list[dict[str, float]]) -> None:
+    for row in rows:
+        tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The user-facing exception behind Ray's wrappers (worker failures, task errors)."""
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        exc = next(iter(failures.values()))
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    return exc
+
+
+def fit(
+    config: ExperimentConfig,
+    processed_dir: str | Path,
+    *,
+    run_name: str,
+    run_id: str,
+    progress: bool = True,
+) -> FitResult:
+    """Train with ``config.train.num_workers`` Ray Train workers; resume if ``run_name`` has checkpoints.
+
+    Args:
+        config: the resolved job config.
+        processed_dir: the modality's processed data folder.
+        run_name: Ray Train run name under ``config.train.storage_path``; the same name resumes.
+        run_id: the MLflow run that rank 0 logs into.
+        progress: show per-epoch progress bars (rank 0 only).
+
+    Raises:
+        TrainingError: with the cause in one line (e.g. a NaN loss, naming epoch and step).
+    """
+    init_ray()
+    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    t = config.train
+    storage = Path(t.storage_path).resolve()
+    trainer = ray.train.torch.TorchTrainer(
+        _train_worker,
+        train_loop_config={
+            "config": config.to_dict(),
+            "input_spec": modality.input_spec(Path(processed_dir)),
+            "train": ray.put(modality.load(Path(processed_dir), "train")),
+            "val": ray.put(modality.load(Path(processed_dir), "val")),
+            "run_id": run_id,
+            "tracking_uri": tracking.tracking_uri(config.tracking),
+            # Bars only on a terminal; logs (DVC, CI, ray job logs) get one line per epoch instead.
+            "progress": progress and sys.stderr.isatty(),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,  # NCCL on GPUs, gloo on CPUs: chosen by Ray from use_gpu
+            resources_per_worker={"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {}),
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=SCORE, checkpoint_score_order="min"
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        cause = _root_cause(exc)
+        if isinstance(cause, NonFiniteLossError):
+            raise TrainingError(str(cause)) from None
+        raise TrainingError(f"training failed: {type(cause).__name__}: {cause}") from exc
+    best = result.get_best_checkpoint(SCORE, "min") or result.checkpoint
+    latest = result.checkpoint
+    if latest is None:
+        raise TrainingError(f"training finished without a checkpoint in {storage / run_name}; was train.epochs 0?")
+    state = checkpoint.load(latest.path)
+    return FitResult(best=Path(best.path), latest=Path(latest.path), history=state["history"], run_dir=storage / run_name)
