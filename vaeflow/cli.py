@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         "sample": "draw samples from the trained model's prior into samples/<modality>/",
         "evaluate": "test −ELBO, IWAE NLL and figures into metrics/ and plots/",
         "config": "print the resolved configuration as YAML and exit",
+        "params": "write a preset's values into params.yaml for one modality (e.g. to switch to the full preset)",
     }
     for name, text in helps.items():
         s = sub.add_parser(name, help=text, description=text)
@@ -58,6 +59,33 @@ def resolve_config(args: argparse.Namespace) -> cfg.ExperimentConfig:
     return config
 
 
+PARAMS_HEADER = """\
+# The default pipeline's configuration, one entry per modality under each key: DVC tracks these
+# values, and `dvc exp run -S train.image.epochs=3` changes one. Each modality starts from the
+# preset named under `modalities`; rewrite a modality's entries from another preset with
+#   vaeflow params --modality image --preset configs/image/full.yaml
+"""
+
+
+def write_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Set ``modalities.<m>.preset`` and every ``<key>.<m>`` entry of params.yaml from a preset."""
+    import yaml
+
+    from vaeflow.io import write_text
+
+    if args.preset is None:
+        raise cfg.ConfigError("vaeflow params needs --preset, e.g. --preset configs/image/full.yaml")
+    config = cfg.load(args.preset, overrides=args.overrides)
+    if config.modality != args.modality:
+        raise cfg.ConfigError(f"preset {args.preset} is for modality {config.modality!r}, not {args.modality!r}")
+    params = cfg.read_yaml(args.params) if args.params.is_file() else {}
+    params.setdefault("modalities", {})[config.modality] = {"preset": args.preset.as_posix()}
+    for key, value in cfg.params_sections(config).items():
+        params.setdefault(key, {}).update(value)
+    write_text(args.params, PARAMS_HEADER + yaml.safe_dump(params, sort_keys=False))
+    return {"params": str(args.params), "modality": config.modality, "preset": args.preset.as_posix()}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from vaeflow.data.download import DataNotFoundError
     from vaeflow.data.idx import IdxFormatError
@@ -75,6 +103,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def run(args: argparse.Namespace) -> Any:
     from vaeflow import stages
 
+    if args.command == "params":
+        return write_params(args)
     config = resolve_config(args)
     if args.command == "config":
         import yaml

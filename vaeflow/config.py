@@ -284,14 +284,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# params.yaml keys, each holding one entry per modality: `seed.image`, `train.image.epochs`, …
+PARAMS_KEYS = ("seed", *SECTIONS)
+
+
 def params_overrides(params: Mapping[str, Any], modality: str) -> dict[str, Any]:
-    """The ``<section>.<modality>`` entries of params.yaml, as a config-shaped dict."""
+    """The ``<key>.<modality>`` entries of params.yaml, as a config-shaped dict."""
     out: dict[str, Any] = {}
-    for section in SECTIONS:
-        value = (params.get(section) or {}).get(modality)
-        if value:
-            out[section] = value
+    for key in PARAMS_KEYS:
+        section = params.get(key) or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"params.yaml: {key} must map modality names to values, e.g. {key}: {{image: ...}}")
+        if section.get(modality) is not None:
+            out[key] = section[modality]
     return out
+
+
+def params_sections(config: ExperimentConfig) -> dict[str, Any]:
+    """The inverse of :func:`params_overrides`: ``{key: {modality: value}}`` for a whole config."""
+    plain = config.to_dict()
+    return {key: {config.modality: plain[key]} for key in PARAMS_KEYS}
 
 
 def load(
