@@ -218,6 +218,8 @@ def fit(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=SCORE, checkpoint_score_order="min"
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            # Ray Train logs every report with its metrics at INFO; rank 0 prints one line per epoch instead.
+            logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
     )
     try:
