@@ -109,7 +109,8 @@ class EvaluateConfig:
 class TrackingConfig:
     # A relative sqlite path is made absolute (sqlite:////abs/path.db) from the working directory.
     uri: str = "sqlite:///mlflow.db"
-    # Where a new experiment stores artifacts when the backend is a local file.
+    # Where a new experiment stores artifacts when the backend is local (sqlite/file); a tracking
+    # server uses its own artifact root.
     artifact_location: str = "mlartifacts"
     experiment: str = "vaeflow"
     registered_model: str = "vaeflow-image"

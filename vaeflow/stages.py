@@ -208,7 +208,7 @@ def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> 
 def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from torch.utils.data import DataLoader, Subset
 
-    from vaeflow.metrics.images import iwae_nll
+    from vaeflow.metrics.likelihood import iwae_nll
     from vaeflow.training.loop import run_epoch
 
     modality = _modality(config)

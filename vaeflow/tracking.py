@@ -47,9 +47,11 @@ def experiment_id(c: MlflowClient, config: TrackingConfig) -> str:
     exp = c.get_experiment_by_name(config.experiment)
     if exp is not None:
         return exp.experiment_id
-    location = config.artifact_location
-    if "://" not in location:
-        location = Path(location).resolve().as_uri()
+    location = None  # a tracking server decides where its artifacts go (e.g. proxied mlflow-artifacts:/)
+    if tracking_uri(config).startswith(("sqlite:", "file:")):
+        location = config.artifact_location
+        if "://" not in location:
+            location = Path(location).resolve().as_uri()
     try:
         return c.create_experiment(config.experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently by another job

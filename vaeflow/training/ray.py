@@ -21,6 +21,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vaeflow import registry, tracking
@@ -111,7 +112,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
     val_loader = DataLoader(val_ds, batch_size=per_worker, sampler=val_sampler, collate_fn=collate)
 
-    mlflow_client = tracking.MlflowClient(tracking_uri=cfg["tracking_uri"]) if rank == 0 else None
+    mlflow_client = MlflowClient(tracking_uri=cfg["tracking_uri"]) if rank == 0 else None
     if mlflow_client is not None and history:
         logged = {m.step for m in mlflow_client.get_metric_history(cfg["run_id"], SCORE)}
         _log_epochs(mlflow_client, cfg["run_id"], [row for row in history if row["epoch"] not in logged])

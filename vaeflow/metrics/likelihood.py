@@ -1,4 +1,4 @@
-"""Test-set likelihood bounds: −ELBO and the IWAE estimate of −log p(x)."""
+"""Likelihood bounds for any VAE whose decoder has log_prob: the IWAE estimate of −log p(x)."""
 
 from __future__ import annotations
 
