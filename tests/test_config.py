@@ -28,6 +28,15 @@ def test_params_yaml_overrides_preset_then_set_overrides_both(tmp_path):
     assert config.model.latent_dim == 8  # another modality's section is not applied
 
 
+def test_exponent_floats_parse_as_numbers_in_files_and_overrides(tmp_path):
+    assert cfg.load(TINY, overrides=["train.lr=3e-4"]).train.lr == 3e-4
+    preset = tmp_path / "p.yaml"
+    preset.write_text(TINY.read_text() + "\n# appended\n")
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  image:\n    lr: 1E-5\n")
+    assert cfg.load(preset, params=params).train.lr == 1e-5
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert cfg.load(TINY, overrides=["train.lr=1"]).train.lr == 1.0
     with pytest.raises(cfg.ConfigError, match=r"train\.epochs: expected int, got float 2\.5"):

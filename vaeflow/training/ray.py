@@ -3,7 +3,8 @@
 The driver puts the processed splits into Ray's object store (so workers on other nodes need no
 shared file system for data), builds the ``TorchTrainer`` and returns the best and latest
 checkpoints. Each worker runs ``_train_worker``: the plain-torch epochs of ``vaeflow.training.loop``
-inside DDP, with rank 0 alone logging to MLflow and writing checkpoints.
+inside DDP, with rank 0 alone printing and writing checkpoints. Epoch metrics reach MLflow from
+the Ray Train controller as it commits each report (``_EpochMetricsToMlflow``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:  # the restored state carries the old values; the config wins
+            group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
 
     # Our own DistributedSampler (also for one worker): its seed + set_epoch make each epoch's order
     # a function of (seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one.
@@ -112,10 +115,6 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
     val_loader = DataLoader(val_ds, batch_size=per_worker, sampler=val_sampler, collate_fn=collate)
 
-    mlflow_client = MlflowClient(tracking_uri=cfg["tracking_uri"]) if rank == 0 else None
-    if mlflow_client is not None and history:
-        logged = {m.step for m in mlflow_client.get_metric_history(cfg["run_id"], SCORE)}
-        _log_epochs(mlflow_client, cfg["run_id"], [row for row in history if row["epoch"] not in logged])
     progress = _progress_factory(rank) if cfg.get("progress", True) else None
     for epoch in range(start_epoch, config.train.epochs):
         sampler.set_epoch(epoch)
@@ -144,16 +143,32 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                     history=history, config=cfg["config"], input_spec=cfg["input_spec"], mlflow_run_id=cfg["run_id"],
                 )
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            # Logged only once the epoch's checkpoint is persisted: a crash in between leaves a gap
-            # that the resumed job backfills from the checkpoint's history, never a duplicate step.
-            _log_epochs(mlflow_client, cfg["run_id"], [row])
         else:
             ray.train.report(row)  # a barrier: every worker reports every epoch
 
 
-def _log_epochs(client: Any, run_id: str, rows: list[dict[str, float]]) -> None:
-    for row in rows:
-        tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+class _EpochMetricsToMlflow(ray.train.UserCallback):
+    """Logs each epoch's metrics to the job's MLflow run from the Ray Train controller.
+
+    The controller calls ``after_report`` once it has committed a report (and registered its
+    checkpoint), so an epoch lost to a worker failure before that point is redone and logged once
+    afterwards. Steps already in the run (a driver that died after logging) are not logged again.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._logged: set[int] | None = None
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self._logged is None:
+            self._logged = {m.step for m in client.get_metric_history(self.run_id, SCORE)}
+        row = metrics[0]  # every rank reports the same all-reduced row
+        step = int(row["epoch"])
+        if step not in self._logged:
+            tracking.log_metrics(client, self.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=step)
+            self._logged.add(step)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -185,7 +200,7 @@ def fit(
         config: the resolved job config.
         processed_dir: the modality's processed data folder.
         run_name: Ray Train run name under ``config.train.storage_path``; the same name resumes.
-        run_id: the MLflow run that rank 0 logs into.
+        run_id: the MLflow run that epoch metrics are logged into.
         progress: show per-epoch progress bars (rank 0 only).
 
     Raises:
@@ -203,7 +218,6 @@ def fit(
             "train": ray.put(modality.load(Path(processed_dir), "train")),
             "val": ray.put(modality.load(Path(processed_dir), "val")),
             "run_id": run_id,
-            "tracking_uri": tracking.tracking_uri(config.tracking),
             # Bars only on a terminal; logs (DVC, CI, ray job logs) get one line per epoch instead.
             "progress": progress and sys.stderr.isatty(),
         },
@@ -219,6 +233,7 @@ def fit(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=SCORE, checkpoint_score_order="min"
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            callbacks=[_EpochMetricsToMlflow(tracking.tracking_uri(config.tracking), run_id)],
             # Ray Train logs every report with its metrics at INFO; rank 0 prints one line per epoch instead.
             logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
