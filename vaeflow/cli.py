@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
         "config": "print the resolved configuration as YAML and exit",
         "params": "write a preset's values into params.yaml for one modality (e.g. to switch to the full preset)",
     }
+    s = sub.add_parser(
+        "submit",
+        help="submit a vaeflow command to a running Ray cluster as a job (Ray's job API)",
+        description="Submit `vaeflow COMMAND …` to a Ray cluster, wait for it, print its status, log tail and MLflow run. "
+        "Example: vaeflow submit --address http://127.0.0.1:8265 -- train --modality image",
+    )
+    s.add_argument("--address", default=None, help="Ray dashboard address (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
+    s.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default: .)")
+    s.add_argument("--no-wait", action="store_true", help="return after submitting")
+    s.add_argument("job", nargs=argparse.REMAINDER, help="the vaeflow command to run, after --")
     for name, text in helps.items():
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("--modality", default="image", help="modality to run (default: image)")
@@ -86,11 +97,30 @@ def write_params(args: argparse.Namespace) -> dict[str, Any]:
     return {"params": str(args.params), "modality": config.modality, "preset": args.preset.as_posix()}
 
 
+def submit_job(args: argparse.Namespace) -> dict[str, Any]:
+    from vaeflow.cluster import submit
+
+    job = [a for a in args.job if a != "--"] if args.job[:1] == ["--"] else list(args.job)
+    if not job:
+        raise cfg.ConfigError("nothing to submit: give the vaeflow command after --, e.g. -- train --modality image")
+    address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    result = submit(address, job, working_dir=args.working_dir, wait=not args.no_wait)
+    if result.logs_tail:
+        print(result.logs_tail)
+    if result.status not in ("SUCCEEDED", "PENDING", "RUNNING"):
+        raise JobFailed(f"job {result.submission_id} ended {result.status}; see `ray job logs {result.submission_id} --address {address}`")
+    return {"submission_id": result.submission_id, "status": result.status, "mlflow_run_id": result.mlflow_run_id}
+
+
+class JobFailed(RuntimeError):
+    """A submitted job did not succeed."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from vaeflow.data.download import DataNotFoundError
     from vaeflow.data.idx import IdxFormatError
 
-    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError]
+    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError, JobFailed]
     try:
         from vaeflow.training.ray import TrainingError
 
@@ -105,6 +135,8 @@ def run(args: argparse.Namespace) -> Any:
 
     if args.command == "params":
         return write_params(args)
+    if args.command == "submit":
+        return submit_job(args)
     config = resolve_config(args)
     if args.command == "config":
         import yaml

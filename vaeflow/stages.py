@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import json
 import logging
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 
 from vaeflow import registry, tracking
 from vaeflow.config import ExperimentConfig
+from vaeflow.cluster import SUBMISSION_ENV
 from vaeflow.io import atomic_path, write_json
 from vaeflow.training import checkpoint
 
@@ -136,7 +137,11 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
 
     modality = _modality(config)
     tags = tracking.lineage_tags(config, paths.processed)
+    submission = os.environ.get(SUBMISSION_ENV)
+    if submission:
+        tags["ray.submission_id"] = submission
     run_name, run_id = _resume_or_start(config, tags)
+    log.info("MLflow run %s (experiment %s, Ray run %s)", run_id, config.tracking.experiment, run_name)
     result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress)
 
     best = checkpoint.load(result.best)
