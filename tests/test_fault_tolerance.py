@@ -74,3 +74,41 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
     assert "\n" not in message
     assert "at epoch 2, step" in message and "last good checkpoint is kept" in message
     assert _checkpoint_epochs(tmp_path / "ray_results/nan") == [1]
+
+
+def test_killed_driver_then_same_command_resumes_the_same_run(project, tmp_path):
+    """SIGKILL the `vaeflow train` process (and the local Ray it started) after its first checkpoint,
+    run the same command again: the same Ray run and the same MLflow run continue."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    epochs = 15
+    cmd = [sys.executable, "-m", "vaeflow.cli", "train", "--preset", str(TINY), "--root", str(project), "--no-progress",
+           "--set", f"train.epochs={epochs}", "--set", f"tracking.uri=sqlite:///{project}/mlflow.db",
+           "--set", f"tracking.artifact_location={project}/mlartifacts", "--set", f"train.storage_path={project}/ray_results"]
+    env = os.environ | {"RAY_ADDRESS": ""}
+    first = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((project / "ray_results").glob("*/checkpoint_*/")):
+        assert first.poll() is None and time.monotonic() < deadline, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    (run_dir,) = (project / "ray_results").iterdir()
+    interrupted = json.loads((run_dir / "vaeflow_job.json").read_text())
+    assert interrupted["status"] == "running"
+
+    second = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming {run_dir.name}" in second.stderr
+    assert [d.name for d in (project / "ray_results").iterdir()] == [run_dir.name]  # no second Ray run
+    run = json.loads((project / "models/image/run.json").read_text())
+    assert run["mlflow_run_id"] == interrupted["mlflow_run_id"]
+    client = tracking.client(tiny_config(project).tracking)
+    exp = client.get_experiment_by_name("vaeflow-image")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    steps = sorted(m.step for m in client.get_metric_history(run["mlflow_run_id"], SCORE))
+    assert steps == list(range(1, epochs + 1))

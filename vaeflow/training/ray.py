@@ -59,7 +59,8 @@ class FitResult:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one.
+    """Connect to the cluster in ``RAY_ADDRESS`` (set under ``ray job submit``; ``auto`` joins the
+    cluster ``ray start`` runs on this machine) or start a private local one.
 
     A local cluster's dashboard binds to 127.0.0.1.
     """
@@ -68,7 +69,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+        # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
 
 
 def _progress_factory(rank: int) -> Any:
