@@ -292,7 +292,7 @@ def test_timeseries_pipeline_ray_mlflow(tmp_path, ray_cluster):
     np.testing.assert_allclose(samples, scaler.inverse(scaled), rtol=1e-4)  # back in real units (prices, volume)
     assert (paths.samples / "samples_preview.csv").is_file() and (paths.samples / "samples.png").is_file()
     ev = stages.evaluate(config, paths, progress=False)
-    for key in ("discriminative_score_train", "predictive_score_train", "discriminative_score_test", "acf_distance_test"):
+    for key in ("discriminative_score_train", "predictive_score_train", "discriminative_score_test", "acf_distance_test", "acf_distance_train"):
         assert np.isfinite(ev[key])
     assert 0 <= ev["discriminative_score_train"] <= 0.5 and ev["posthoc_seeds"] == 2
 
