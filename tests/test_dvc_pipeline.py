@@ -32,7 +32,8 @@ def repo(tmp_path_factory):
     for name in files:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    _run(["vaeflow", "params", "--modality", "image", "--preset", "configs/image/tiny.yaml"], dest)
+    for modality in yaml.safe_load((dest / "params.yaml").read_text())["modalities"]:
+        _run(["vaeflow", "params", "--modality", modality, "--preset", f"configs/{modality}/tiny.yaml"], dest)
     assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["image"]["epochs"] == 1
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)

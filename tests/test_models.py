@@ -22,11 +22,23 @@ def _image_batch(n: int, generator: torch.Generator):
     return x, torch.bernoulli(x, generator=generator), torch.randint(0, 3, (n,), generator=generator)
 
 
+SERIES_SPEC = {"channels": 3, "length": 10, "num_classes": 3}
+
+
+def _series_batch(n: int, generator: torch.Generator):
+    x = torch.randn(n, 10, 3, generator=generator)
+    return x, x.clone(), torch.randint(0, 3, (n,), generator=generator)
+
+
 FAMILIES = {
     "conv2d/bernoulli": (IMAGE_SPEC, ModuleSpec("conv2d", {"channels": [4, 8], "hidden": 16}),
                          ModuleSpec("conv2d", {"channels": [8, 4], "hidden": 16}), _image_batch),
     "conv2d/gaussian": (IMAGE_SPEC, ModuleSpec("conv2d", {"channels": [4], "hidden": 16}),
                         ModuleSpec("conv2d", {"channels": [4], "hidden": 16, "likelihood": "gaussian"}), _image_batch),
+    "gru/gru": (SERIES_SPEC, ModuleSpec("gru", {"hidden": 8, "layers": 2}), ModuleSpec("gru", {"hidden": 8, "layers": 2}), _series_batch),
+    "conv1d/conv1d": (SERIES_SPEC, ModuleSpec("conv1d", {"channels": [4, 4]}), ModuleSpec("conv1d", {"channels": [4, 4]}), _series_batch),
+    "gru/timevae": (SERIES_SPEC, ModuleSpec("gru", {"hidden": 8}),
+                    ModuleSpec("timevae", {"trend_degree": 2, "seasons": [[3, 2], [2, 1]], "residual_channels": [4]}), _series_batch),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config} …``.
+"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config,params,anomaly} …``.
 
 Configuration comes from a preset (``--preset``, or the one params.yaml names for the modality
 under ``modalities.<modality>.preset``), then params.yaml's ``<section>.<modality>`` entries, then
@@ -51,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one config key, e.g. --set train.epochs=3 (repeatable)")
         s.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/ … (default: .)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    text = "score each window of your own CSV (rows = time steps) with the trained time-series model"
+    s = sub.add_parser("anomaly", help=text, description=text)
+    s.add_argument("input", type=Path, help="CSV with one column per channel of the training data (header optional)")
+    s.add_argument("--modality", default="timeseries", help="modality whose trained model scores (default: timeseries)")
+    s.add_argument("--root", type=Path, default=Path("."), help="project folder holding models/ (default: .)")
+    s.add_argument("--model", type=Path, help="model file (default: <root>/models/<modality>/model.pt)")
+    s.add_argument("--output", type=Path, help="scores CSV to write (default: <input>.scores.csv)")
+    s.add_argument("--stride", type=int, default=1, help="steps between window starts (default: 1)")
+    s.add_argument("--k", type=int, help="Monte-Carlo samples of z per window (default: the model's evaluate.anomaly_k)")
+    s.add_argument("--label", type=int, help="class label, for a conditional model")
+    s.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo samples (default: 0)")
     return p
 
 
@@ -120,7 +131,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vaeflow.data.download import DataNotFoundError
     from vaeflow.data.idx import IdxFormatError
 
-    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError, JobFailed]
+    from vaeflow.data.timeseries import SeriesDataError
+
+    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError,
+                                         JobFailed, SeriesDataError]
     try:
         from vaeflow.training.ray import TrainingError
 
@@ -137,6 +151,14 @@ def run(args: argparse.Namespace) -> Any:
         return write_params(args)
     if args.command == "submit":
         return submit_job(args)
+    if args.command == "anomaly":
+        from vaeflow.anomaly import score_csv
+
+        if args.stride < 1 or (args.k is not None and args.k < 1):
+            raise cfg.ConfigError("--stride and --k must be ≥ 1")
+        model = args.model or args.root / "models" / args.modality / "model.pt"
+        output = args.output or args.input.with_name(args.input.name + ".scores.csv")
+        return score_csv(model, args.input, output, k=args.k, stride=args.stride, label=args.label, seed=args.seed)
     config = resolve_config(args)
     if args.command == "config":
         import yaml

@@ -61,6 +61,26 @@ class DataConfig:
     limit_test: int | None = None
     # Dynamic binarisation of pixels (the standard protocol for Bernoulli likelihoods).
     binarize: bool = True
+    # --- time series (read by the timeseries modality only) ---
+    # Sliding-window length and step in time steps (24 as in TimeGAN, Yoon et al. 2019); a null
+    # window keeps each series whole (UCR/UEA sets), padding shorter ones to the longest.
+    window: int | None = 24
+    stride: int = 1
+    # Fractions of a long series' time span held out at its end, in time order (train | val | test),
+    # so no window crosses a split. Sets of separate series (UCR/UEA) keep the official test split
+    # and hold out val_fraction of their training series, chosen with the job seed.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # Per-channel scaling fitted on the training split only: minmax to [0, 1] (TimeGAN) or standard.
+    scaling: Literal["minmax", "standard"] = "minmax"
+    # NaN/inf values: impute (carry the last finite value forward, the first one backward), drop
+    # (the time steps that hold one), reject (stop with an error). Counts go to prepare.json.
+    missing: Literal["impute", "drop", "reject"] = "impute"
+    # Channels constant over the training split: drop them, keep them (scaled to 0), or reject.
+    constant_channels: Literal["drop", "keep", "reject"] = "drop"
+    # Series shorter than a window: drop them, pad them (padding is masked out of the likelihood),
+    # or reject. With a null window, unequal lengths are padded unless this is reject.
+    short_series: Literal["drop", "pad", "reject"] = "pad"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +141,12 @@ class EvaluateConfig:
     # Test examples the IWAE NLL is computed on; None uses the whole test split.
     iwae_examples: int | None = None
     batch_size: int = 256
+    # Post-hoc scores of generated data (time series: the TimeGAN discriminative and predictive
+    # scores): seeds averaged over, and optimiser steps of each post-hoc GRU (TimeGAN: 2000).
+    posthoc_seeds: int = 3
+    posthoc_steps: int = 2000
+    # Monte-Carlo samples of z per window for anomaly scores (reconstruction probability).
+    anomaly_k: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +387,10 @@ def validate(config: ExperimentConfig) -> None:
         "model.latent_dim": config.model.latent_dim,
         "evaluate.iwae_k": config.evaluate.iwae_k,
         "sample.n": config.sample.n,
+        "data.stride": config.data.stride,
+        "evaluate.posthoc_seeds": config.evaluate.posthoc_seeds,
+        "evaluate.posthoc_steps": config.evaluate.posthoc_steps,
+        "evaluate.anomaly_k": config.evaluate.anomaly_k,
     }
     for key, value in positive.items():
         if value < 1:
@@ -372,6 +402,12 @@ def validate(config: ExperimentConfig) -> None:
         )
     if t.checkpoint_every_steps < 0:
         raise ConfigError(f"train.checkpoint_every_steps must be ≥ 0 (0: only at epoch ends), got {t.checkpoint_every_steps}")
+    d = config.data
+    if d.window is not None and d.window < 2:
+        raise ConfigError(f"data.window must be ≥ 2 time steps (or null for whole series), got {d.window}")
+    if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
+        raise ConfigError(f"data.val_fraction ({d.val_fraction}) and data.test_fraction ({d.test_fraction}) "
+                          "must be in [0, 1) and sum to less than 1")
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {t.lr}")
     if config.loss.beta < 0 or config.loss.free_bits < 0:

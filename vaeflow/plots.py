@@ -78,3 +78,38 @@ def training_curves(history: Sequence[dict[str, float]], path: str | Path) -> No
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def series_panels(groups: dict[str, np.ndarray], channel_names: Sequence[str], path: str | Path, *,
+                  title: str = "", max_channels: int = 6) -> None:
+    """One panel per channel (up to ``max_channels``), each group's windows overlaid in its colour.
+
+    Shapes:
+        groups: name → (N, T, C) windows; NaN steps (padding) are not drawn.
+    """
+    c = min(len(channel_names), max_channels)
+    fig, axes = plt.subplots(1, c, figsize=(3.2 * c, 2.8), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for j in range(c):
+        ax = axes[0, j]
+        for k, (name, x) in enumerate(groups.items()):
+            for i, w in enumerate(x):
+                ax.plot(w[:, j], color=colours(k), alpha=0.7, lw=1, label=name if i == 0 else None)
+        ax.set_title(channel_names[j], fontsize=9)
+        ax.set_xlabel("step")
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def real_vs_fake_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:
+    """One 2-D scatter per embedding (PCA, t-SNE), real in blue, generated in red. Shapes: (N, 2) each."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.3), squeeze=False)
+    for ax, (name, (real, fake)) in zip(axes[0], panels.items()):
+        ax.scatter(real[:, 0], real[:, 1], s=5, alpha=0.5, c="tab:blue", label="real (test)")
+        ax.scatter(fake[:, 0], fake[:, 1], s=5, alpha=0.5, c="tab:red", label="generated")
+        ax.set_title(name)
+        ax.legend(markerscale=3, fontsize=8)
+    _save(fig, path)

@@ -19,6 +19,12 @@ _PLUGINS = (
     "vaeflow.data.images",
     "vaeflow.models.encoders.conv2d",
     "vaeflow.models.decoders.conv2d",
+    "vaeflow.data.timeseries",
+    "vaeflow.models.encoders.gru",
+    "vaeflow.models.encoders.conv1d",
+    "vaeflow.models.decoders.gru",
+    "vaeflow.models.decoders.conv1d",
+    "vaeflow.models.decoders.timevae",
 )
 
 

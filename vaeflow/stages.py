@@ -249,6 +249,7 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
         "iwae_subset_neg_elbo": subset_elbo["neg_elbo"],
     }
     spec = modality.input_spec(paths.processed)
+    metrics |= modality.evaluation_metrics(model, paths.processed, spec, config, g())
     figures_dir = paths.plots / "evaluation"
     with atomic_path(figures_dir) as tmp:
         tmp.mkdir()

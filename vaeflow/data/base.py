@@ -67,6 +67,12 @@ class Modality(abc.ABC):
                            out_dir: Path, generator: torch.Generator) -> list[Path]:
         """Write the modality's evaluation figures into ``out_dir``; return their paths."""
 
+    def evaluation_metrics(self, model: Any, processed_dir: Path, spec: dict[str, Any],
+                           config: Any, generator: torch.Generator) -> dict[str, Any]:
+        """Modality-specific metrics (e.g. scores of generated data against held-out splits),
+        merged into evaluate.json and the MLflow run; none by default."""
+        return {}
+
     def collate_fn(self) -> Any:
         """The DataLoader collate function; None uses torch's default."""
         return None

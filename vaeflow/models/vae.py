@@ -92,4 +92,7 @@ def build_model(config: ModelConfig, input_spec: dict[str, Any]) -> VAE:
     derived = {"input_spec": input_spec, "latent_dim": config.latent_dim, "cond_dim": cond_dim}
     encoder = registry.build(registry.ENCODERS, config.encoder, **derived)
     decoder = registry.build(registry.DECODERS, config.decoder, **derived)
-    return VAE(encoder, decoder, latent_dim=config.latent_dim, num_classes=num_classes)
+    model = VAE(encoder, decoder, latent_dim=config.latent_dim, num_classes=num_classes)
+    # Kept for inference (e.g. mapping samples back to real units); not part of the state dict.
+    model.input_spec = dict(input_spec)
+    return model

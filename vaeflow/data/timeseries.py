@@ -1,0 +1,556 @@
+"""Time-series modality: long series (Stocks, Energy) or sets of series (UCR/UEA) → scaled windows.
+
+Processed layout (``data/processed/timeseries/``): ``train.npz``, ``val.npz``, ``test.npz`` each with
+``x`` float32 of shape (N, T, C) in scaled units (NaN only where a shorter series was padded),
+``y`` int64 labels (-1 for unlabelled data) and ``lengths`` int64; ``spec.json`` (length, channels,
+classes, the fitted scaler, channel names) and ``scaler.json`` (the same scaler on its own).
+
+Splits are made in time order before windowing (a long series is cut into train | val | test
+spans), so no window of the validation or test split overlaps the training span; the scaler is
+fitted on the training split alone. Bad input is handled as ``data.missing``,
+``data.constant_channels`` and ``data.short_series`` say, and every handled case is counted in
+the prepare metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaeflow.config import DataConfig
+from vaeflow.data.base import Modality, ModelInputs
+from vaeflow.data.download import RemoteFile, fetch
+from vaeflow.io import atomic_path
+from vaeflow.registry import DATASETS, MODALITIES
+
+SPLITS = ("train", "val", "test")
+
+
+class SeriesDataError(ValueError):
+    """Time-series input that the configured policy rejects; the message says what and where."""
+
+
+# --- raw sources ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RawSeries:
+    """What a source yields before cleaning: per split, a list of (T_i, C) float arrays and labels.
+
+    ``splits`` is None for one long series (``series``) that prepare cuts by time.
+    """
+
+    channel_names: list[str]
+    series: np.ndarray | None = None  # (T, C) for one long series
+    splits: dict[str, tuple[list[np.ndarray], np.ndarray]] | None = None  # split → (series list, labels)
+    class_names: list[str] = dataclasses.field(default_factory=list)
+
+
+def read_numeric_csv(text: str, *, name: str, channels: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Parse a CSV of numbers (one header row if its first field is not a number).
+
+    Empty fields and ``nan`` read as NaN (left for the missing-value policy); ragged rows and
+    non-numbers raise :class:`SeriesDataError` naming the line.
+
+    Shapes:
+        returns values (T, C) float64 and C channel names.
+    """
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [r for r in rows if any(field.strip() for field in r)]
+    if not rows:
+        raise SeriesDataError(f"{name}: no rows")
+
+    def number(field: str) -> float:
+        field = field.strip()
+        return float("nan") if field == "" else float(field)
+
+    header: list[str] | None = None
+    try:
+        number(rows[0][0])
+    except ValueError:
+        header, rows = [h.strip() for h in rows[0]], rows[1:]
+    width = len(header) if header else len(rows[0]) if rows else 0
+    values = np.empty((len(rows), width))
+    for i, row in enumerate(rows):
+        line = i + (2 if header else 1)
+        if len(row) != width:
+            raise SeriesDataError(f"{name}: line {line} has {len(row)} fields, expected {width} (ragged rows)")
+        try:
+            values[i] = [number(f) for f in row]
+        except ValueError:
+            raise SeriesDataError(f"{name}: line {line} holds a value that is not a number: {row}") from None
+    if channels is not None and width != channels:
+        raise SeriesDataError(f"{name}: {width} channels, but the model was trained on {channels}")
+    return values, header or [f"ch{i}" for i in range(width)]
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvSeries:
+    """One long multichannel series in a CSV file (rows = time steps, in time order)."""
+
+    file: RemoteFile
+
+    def load(self) -> RawSeries:
+        path = fetch(self.file)
+        values, names = read_numeric_csv(path.read_text(), name=self.file.name)
+        return RawSeries(channel_names=names, series=values)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowedNpzSeries:
+    """A long series published as its stride-1 windows (TimeVAE's npz files): rebuilt, then re-split."""
+
+    file: RemoteFile
+    channel_names: tuple[str, ...] = ()
+
+    def load(self) -> RawSeries:
+        with np.load(fetch(self.file)) as f:
+            windows = f["data"].astype(np.float64)  # (N, T, C)
+        # Consecutive windows overlap by T - 1 steps: the series is the first window plus each last step.
+        if len(windows) > 1 and not np.array_equal(windows[1:, :-1], windows[:-1, 1:]):
+            raise SeriesDataError(f"{self.file.name}: windows are not consecutive stride-1 windows of one series")
+        series = np.concatenate([windows[0], windows[1:, -1]])  # (T + N - 1, C)
+        names = list(self.channel_names) or [f"ch{i}" for i in range(series.shape[1])]
+        return RawSeries(channel_names=names, series=series)
+
+
+@dataclasses.dataclass(frozen=True)
+class AeonClassification:
+    """A UCR/UEA classification set as bundled in the ``aeon`` package (official train/test split)."""
+
+    name: str
+
+    def load(self) -> RawSeries:
+        try:
+            from aeon.datasets import load_classification
+        except ImportError:
+            raise SeriesDataError(f"data set {self.name!r} comes from the aeon package: pip install aeon") from None
+        out: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
+        labels_seen: list[str] = []
+        for split in ("train", "test"):
+            x, y = load_classification(self.name, split=split)
+            series = [np.asarray(s, dtype=np.float64).T for s in x]  # each (C, T_i) → (T_i, C)
+            out[split] = (series, np.asarray(y).astype(str))
+            labels_seen += list(out[split][1])
+        class_names = sorted(set(labels_seen), key=lambda c: (len(c), c))
+        index = {c: i for i, c in enumerate(class_names)}
+        splits = {s: (xs, np.array([index[c] for c in ys], dtype=np.int64)) for s, (xs, ys) in out.items()}
+        channels = splits["train"][0][0].shape[1]
+        return RawSeries(channel_names=[f"dim{i}" for i in range(channels)], splits=splits, class_names=class_names)
+
+
+DATASETS.register("stocks")(
+    CsvSeries(RemoteFile(
+        folder="timegan", name="stock_data.csv",
+        url="https://raw.githubusercontent.com/jsyoon0823/TimeGAN/master/data/stock_data.csv",
+        sha256="134b8a00eb4eefa3242dd7ae85144082da80dedf75a1a656d5d08f97cd95277a",
+    ))
+)
+DATASETS.register("energy")(
+    WindowedNpzSeries(RemoteFile(
+        folder="timevae", name="energy_subsampled_train_perc_100.npz",
+        url="https://github.com/abudesai/timeVAE/raw/main/data/energy_subsampled_train_perc_100.npz",
+        sha256="5817c9fedd088fa443fe2fd0dfccb156b77b317310bedd5186f49bb249429e12",
+    ))
+)
+DATASETS.register("air")(
+    WindowedNpzSeries(RemoteFile(
+        folder="timevae", name="air_subsampled_train_perc_100.npz",
+        url="https://github.com/abudesai/timeVAE/raw/main/data/air_subsampled_train_perc_100.npz",
+        sha256="b45e7a6b38ce1f4abd0bee253919457ba611ed7f5940a69a571f2b4060e4c10e",
+    ))
+)
+# UCR (univariate) and UEA (multivariate) sets that ship inside aeon; JapaneseVowels and
+# PickupGestureWiimoteZ have unequal lengths.
+for _name in ("GunPoint", "ItalyPowerDemand", "ArrowHead", "OSULeaf", "BasicMotions",
+              "JapaneseVowels", "PickupGestureWiimoteZ"):
+    DATASETS.register(f"ucr-{_name.lower()}")(AeonClassification(_name))
+
+
+# --- cleaning, scaling, windowing (pure functions) ------------------------------------------------
+
+
+def clean(series: np.ndarray, policy: str, counts: dict[str, int], *, where: str) -> np.ndarray | None:
+    """Apply the missing-value policy to one series; add what was done to ``counts``.
+
+    Returns None when the series has no finite value left in some channel (counted as
+    ``series_all_missing`` and dropped, unless the policy is reject).
+
+    Shapes:
+        series: (T, C) → (T', C), T' = T unless steps are dropped.
+    """
+    bad = ~np.isfinite(series)
+    n_bad = int(bad.sum())
+    counts["nonfinite_values"] += n_bad
+    if not n_bad:
+        return series
+    if policy == "reject":
+        t, c = np.argwhere(bad)[0]
+        raise SeriesDataError(f"{where}: {n_bad} NaN/inf values (first at step {t}, channel {c}); "
+                              "set data.missing to impute or drop to handle them")
+    if policy == "drop":
+        keep = ~bad.any(1)
+        counts["dropped_steps"] += int((~keep).sum())
+        series = series[keep]
+        if len(series) == 0:
+            counts["series_all_missing"] += 1
+            return None
+        return series
+    if bad.all(0).any():
+        counts["series_all_missing"] += 1
+        return None
+    out = series.copy()
+    out[bad] = np.nan
+    for c in range(out.shape[1]):  # forward fill, then backward fill the leading gap
+        col = out[:, c]
+        idx = np.where(np.isfinite(col), np.arange(len(col)), 0)
+        np.maximum.accumulate(idx, out=idx)
+        first = np.flatnonzero(np.isfinite(col))[0]
+        idx[:first] = first
+        out[:, c] = col[idx]
+    counts["imputed_values"] += n_bad
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaler:
+    """Per-channel affine scaling x' = (x - offset) / scale, fitted on the training split.
+
+    Attributes:
+        kind: ``minmax`` (to [0, 1]) or ``standard`` (zero mean, unit variance).
+        offset, scale: one value per channel.
+    """
+
+    kind: str
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, values: np.ndarray, kind: str) -> tuple[Scaler, np.ndarray]:
+        """Fit on (T, C) values; return the scaler and a mask of constant channels (scale set to 1).
+
+        Shapes:
+            values: (T, C) → constant: (C,) bool
+        """
+        if kind == "minmax":
+            offset, spread = values.min(0), values.max(0) - values.min(0)
+        else:
+            offset, spread = values.mean(0), values.std(0)
+        constant = ~(spread > 1e-12 * np.maximum(1.0, np.abs(offset)))
+        spread = np.where(constant, 1.0, spread)
+        return cls(kind, tuple(map(float, offset)), tuple(map(float, spread))), constant
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Shapes: (..., C) → (..., C)."""
+        return (x - np.asarray(self.offset)) / np.asarray(self.scale)
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        """Back to real units. Shapes: (..., C) → (..., C)."""
+        return x * np.asarray(self.scale) + np.asarray(self.offset)
+
+    def select(self, channels: np.ndarray) -> Scaler:
+        return Scaler(self.kind, tuple(np.asarray(self.offset)[channels]), tuple(np.asarray(self.scale)[channels]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "offset": list(self.offset), "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scaler:
+        return cls(d["kind"], tuple(d["offset"]), tuple(d["scale"]))
+
+
+def sliding_windows(series: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """All windows of ``window`` steps, ``stride`` apart, starting at step 0.
+
+    Shapes:
+        series: (T, C) → (floor((T - window) / stride) + 1, window, C); (0, window, C) if T < window.
+    """
+    if len(series) < window:
+        return np.empty((0, window, series.shape[1]), dtype=series.dtype)
+    starts = np.arange(0, len(series) - window + 1, stride)
+    return np.stack([series[s : s + window] for s in starts])
+
+
+def pad_to(series: np.ndarray, length: int) -> np.ndarray:
+    """NaN-pad at the end (the likelihood masks NaN targets). Shapes: (T, C) → (length, C)."""
+    out = np.full((length, series.shape[1]), np.nan)
+    out[: len(series)] = series
+    return out
+
+
+def time_split(series: np.ndarray, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+    """Cut one long series into contiguous train | val | test spans (in time order)."""
+    n = len(series)
+    n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
+    n_train = n - n_val - n_test
+    return {"train": series[:n_train], "val": series[n_train : n_train + n_val], "test": series[n_train + n_val :]}
+
+
+def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], Scaler, dict[str, Any]]:
+    """Clean, split, scale and window a raw source as the config says.
+
+    Returns per split (x (N, T, C) float32 scaled with NaN padding, y (N,), lengths (N,)), the
+    fitted scaler (kept channels only) and the counts and kept channel indices for the metrics.
+    """
+    counts: dict[str, Any] = dict.fromkeys(
+        ("nonfinite_values", "imputed_values", "dropped_steps", "series_all_missing",
+         "short_series_dropped", "short_series_padded", "unequal_lengths_padded", "constant_channels_dropped"), 0)
+    if raw.splits is None:
+        parts = time_split(raw.series, config.val_fraction, config.test_fraction)
+        splits = {s: ([v], np.array([-1])) for s, v in parts.items()}
+    else:
+        train_x, train_y = raw.splits["train"]
+        order = np.random.default_rng(seed).permutation(len(train_x))
+        n_val = int(round(len(train_x) * config.val_fraction))
+        val_idx, tr_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        splits = {"train": ([train_x[i] for i in tr_idx], train_y[tr_idx]),
+                  "val": ([train_x[i] for i in val_idx], train_y[val_idx]),
+                  "test": raw.splits["test"]}
+
+    cleaned: dict[str, tuple[list[np.ndarray], list[int]]] = {}
+    for split, (xs, ys) in splits.items():
+        kept, labels = [], []
+        for i, (s, y) in enumerate(zip(xs, ys)):
+            s = clean(np.asarray(s, dtype=np.float64), config.missing, counts, where=f"{split} series {i}")
+            if s is not None and len(s):
+                kept.append(s)
+                labels.append(int(y))
+        cleaned[split] = (kept, labels)
+    if not cleaned["train"][0]:
+        raise SeriesDataError("no training data left after cleaning; check data.missing and the source")
+
+    scaler, constant = Scaler.fit(np.concatenate(cleaned["train"][0]), config.scaling)
+    channels = np.arange(len(constant))
+    if constant.any():
+        names = [raw.channel_names[i] for i in np.flatnonzero(constant)]
+        if config.constant_channels == "reject":
+            raise SeriesDataError(f"channels {names} are constant over the training split; "
+                                  "set data.constant_channels to drop or keep")
+        if config.constant_channels == "drop":
+            channels = np.flatnonzero(~constant)
+            if not len(channels):
+                raise SeriesDataError("every channel is constant over the training split")
+            counts["constant_channels_dropped"] = int(constant.sum())
+            scaler = scaler.select(channels)
+    counts["constant_channels"] = [raw.channel_names[i] for i in np.flatnonzero(constant)]
+
+    window = config.window
+    if window is None:
+        lengths = [len(s) for xs, _ in cleaned.values() for s in xs]
+        window = max(lengths)
+        if min(lengths) < window and config.short_series == "reject":
+            raise SeriesDataError(f"series lengths range from {min(lengths)} to {window}; "
+                                  "set data.short_series to pad (masked) or drop")
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for split, (xs, labels) in cleaned.items():
+        wins, ys, lens = [], [], []
+        for i, (s, y) in enumerate(zip(xs, labels)):
+            s = scaler.transform(s[:, channels])
+            if len(s) < window:
+                if config.short_series == "reject":
+                    raise SeriesDataError(f"{split} series {i} has {len(s)} steps, fewer than data.window = {window}; "
+                                          "set data.short_series to pad or drop")
+                if config.short_series == "drop" and config.window is not None:
+                    counts["short_series_dropped"] += 1
+                    continue
+                counts["short_series_padded" if config.window is not None else "unequal_lengths_padded"] += 1
+                w = pad_to(s, window)[None]
+                lens.append(len(s))
+            else:
+                w = sliding_windows(s, window, config.stride if config.window is not None else window)
+                lens += [window] * len(w)
+            wins.append(w)
+            ys += [y] * len(w)
+        c = len(channels)
+        x = np.concatenate(wins).astype(np.float32) if wins else np.empty((0, window, c), np.float32)
+        out[split] = (x, np.asarray(ys, dtype=np.int64), np.asarray(lens, dtype=np.int64))
+    counts["channels_kept"] = [int(i) for i in channels]
+    return out, scaler, counts
+
+
+# --- the modality --------------------------------------------------------------------------------
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows with labels; items are (window float32 (T, C) with NaN padding, label int64)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None):
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+        self.lengths = torch.from_numpy(np.ascontiguousarray(lengths if lengths is not None else np.full(len(y), x.shape[1]), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the prepare stage first (dvc repro prepare@timeseries)")
+    return path
+
+
+def windows_to_inputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder input (padding as 0) and likelihood target (padding as NaN, masked by decoders).
+
+    Shapes:
+        x: (N, T, C) → both (N, T, C)
+    """
+    return torch.nan_to_num(x, nan=0.0), x
+
+
+@MODALITIES.register("timeseries")
+class TimeSeriesModality(Modality):
+    def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+        source = DATASETS.get_or_raise(config.dataset, "data.dataset")
+        if not hasattr(source, "load"):
+            raise SeriesDataError(f"data.dataset {config.dataset!r} is not a time-series data set")
+        raw = source.load()
+        splits, scaler, counts = build_splits(raw, config, seed)
+        for split, (x, _, _) in splits.items():
+            if len(x) == 0:
+                raise SeriesDataError(f"the {split} split has no windows; lower data.window or the split fractions")
+        rng = np.random.default_rng(seed)
+        if config.limit_train is not None and config.limit_train < len(splits["train"][0]):
+            keep = np.sort(rng.choice(len(splits["train"][0]), config.limit_train, replace=False))
+            splits["train"] = tuple(a[keep] for a in splits["train"])
+        if config.limit_test is not None and config.limit_test < len(splits["test"][0]):
+            keep = np.sort(rng.choice(len(splits["test"][0]), config.limit_test, replace=False))
+            splits["test"] = tuple(a[keep] for a in splits["test"])
+        x_train = splits["train"][0]
+        channel_names = [raw.channel_names[i] for i in counts["channels_kept"]]
+        spec = {
+            "dataset": config.dataset,
+            "length": int(x_train.shape[1]),
+            "channels": int(x_train.shape[2]),
+            "channel_names": channel_names,
+            "num_classes": len(raw.class_names),
+            "class_names": raw.class_names,
+            "scaler": scaler.to_dict(),
+            "window": config.window,
+            "stride": config.stride,
+            # The source's channel count and the columns kept (constant ones may be dropped), so that
+            # a user's CSV with the original columns maps onto the model's inputs.
+            "raw_channels": len(raw.channel_names),
+            "channels_kept": counts["channels_kept"],
+        }
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for split, (x, y, lengths) in splits.items():
+                np.savez(tmp / f"{split}.npz", x=x, y=y, lengths=lengths)
+            (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+            (tmp / "scaler.json").write_text(json.dumps(scaler.to_dict() | {"channels": channel_names}, indent=2) + "\n")
+        metrics = {f"n_{split}": int(len(y)) for split, (_, y, _) in splits.items()}
+        metrics |= {k: v for k, v in counts.items() if k != "channels_kept"}
+        metrics["rejected"] = int(counts["series_all_missing"] + counts["short_series_dropped"])
+        return metrics
+
+    def load(self, processed_dir: Path, split: str) -> WindowDataset:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        with np.load(_require(Path(processed_dir) / f"{split}.npz")) as f:
+            return WindowDataset(f["x"], f["y"], f["lengths"])
+
+    def input_spec(self, processed_dir: Path) -> dict[str, Any]:
+        return json.loads(_require(Path(processed_dir) / "spec.json").read_text())
+
+    def model_inputs(self, batch: Any, config: DataConfig, *, train: bool, generator: torch.Generator | None) -> ModelInputs:
+        windows, labels = batch
+        x, target = windows_to_inputs(windows.float())
+        return ModelInputs(x=x, target=target, labels=labels)
+
+    def example_input(self, dataset: WindowDataset, n: int) -> np.ndarray:
+        return torch.nan_to_num(dataset.x[:n]).numpy()  # (n, T, C) float32, scaled units
+
+    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+        from vaeflow import plots
+
+        spec = model.input_spec
+        scaler = Scaler.from_dict(spec["scaler"])
+        n = config.sample.n
+        labels = torch.arange(n, device=generator.device) % model.num_classes if model.num_classes else None
+        scaled = model.sample(n, generator=generator, labels=labels, temperature=config.sample.temperature).float().cpu().numpy()
+        real = scaler.inverse(scaled)  # (n, T, C) in the data's own units
+        names = spec["channel_names"]
+        np.savez_compressed(out_dir / "samples.npz", samples=real.astype(np.float32), scaled=scaled.astype(np.float32),
+                            labels=np.full(n, -1) if labels is None else labels.cpu().numpy(), channels=np.array(names))
+        with open(out_dir / "samples_preview.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample", "step", *names])
+            for i in range(min(n, 10)):
+                for t in range(real.shape[1]):
+                    w.writerow([i, t, *(f"{v:.6g}" for v in real[i, t])])
+        plots.series_panels({"generated": real[:8]}, names, out_dir / "samples.png", title="generated sequences (real units)")
+        return {"n_samples": n, "mean_scaled": float(scaled.mean()), "std_scaled": float(scaled.std())}
+
+    def generated_like(self, model: Any, dataset: WindowDataset, generator: torch.Generator) -> np.ndarray:
+        """As many generated windows as ``dataset`` holds, with its labels for a conditional model.
+
+        Shapes:
+            returns (N, T, C) in scaled units.
+        """
+        labels = dataset.y.to(generator.device) if model.num_classes else None
+        out = []
+        for i in range(0, len(dataset), 1024):
+            lab = None if labels is None else labels[i : i + 1024]
+            out.append(model.sample(min(1024, len(dataset) - i), generator=generator, labels=lab).float().cpu())
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def evaluation_figures(self, model: Any, dataset: WindowDataset, spec: dict[str, Any],
+                           out_dir: Path, generator: torch.Generator) -> list[Path]:
+        from vaeflow import plots
+        from vaeflow.metrics import timeseries as tsm
+
+        model.eval()
+        scaler = Scaler.from_dict(spec["scaler"])
+        real = np.nan_to_num(dataset.x.numpy())
+        fake = self.generated_like(model, dataset, generator)
+        paths = [out_dir / "real_vs_generated.png", out_dir / "pca_tsne.png", out_dir / "autocorrelation.png",
+                 out_dir / "reconstructions.png"]
+        plots.series_panels({"real": scaler.inverse(real[:4]), "generated": scaler.inverse(fake[:4])},
+                            spec["channel_names"], paths[0], title="test windows vs generated (real units)")
+        tsm.embedding_figure(real, fake, paths[1], seed=generator.initial_seed())
+        tsm.autocorrelation_figure(real, fake, paths[2], spec["channel_names"])
+        device = next(model.parameters()).device
+        x = torch.nan_to_num(dataset.x[:4]).to(device)
+        lab = dataset.y[:4].to(device) if model.num_classes else None
+        recon = model.decoder.mean(model.decode(model.encode(x, lab).mu, lab)).cpu().numpy()
+        plots.series_panels({"test": scaler.inverse(x.cpu().numpy()), "reconstruction": scaler.inverse(recon)},
+                            spec["channel_names"], paths[3], title="test windows and reconstructions from the posterior mean")
+        return paths
+
+    def evaluation_metrics(self, model: Any, processed_dir: Path, spec: dict[str, Any], config: Any,
+                           generator: torch.Generator) -> dict[str, Any]:
+        """TimeGAN's discriminative and predictive scores and the autocorrelation distance.
+
+        As published (TimeGAN, TimeVAE), generated windows are compared with the windows the model
+        was fitted on (the training split, ``*_train`` keys). Because our splits are in time order,
+        the discriminative score and autocorrelation distance against the later test span
+        (``*_test`` keys) also show how far the generated data are from the series' future.
+        """
+        from vaeflow.metrics import timeseries as tsm
+
+        model.eval()
+        ev, out = config.evaluate, {}
+        for split in ("train", "test"):
+            data = self.load(processed_dir, split)
+            real = np.nan_to_num(data.x.numpy())
+            with torch.no_grad():
+                fake = self.generated_like(model, data, generator)
+            disc = tsm.discriminative_score(real, fake, seeds=ev.posthoc_seeds, steps=ev.posthoc_steps, seed=config.seed)
+            out |= {f"discriminative_score_{split}": disc.mean, f"discriminative_score_{split}_std": disc.std,
+                    f"acf_distance_{split}": tsm.autocorrelation_distance(real, fake), f"n_generated_{split}": len(fake)}
+            if split == "train":  # train on synthetic, test on the real windows the model was fitted on
+                pred = tsm.predictive_score(fake, real, seeds=ev.posthoc_seeds, steps=ev.posthoc_steps, seed=config.seed)
+                out |= {"predictive_score_train": pred.mean, "predictive_score_train_std": pred.std}
+        return out | {"posthoc_seeds": ev.posthoc_seeds, "posthoc_steps": ev.posthoc_steps}
