@@ -19,6 +19,9 @@ _PLUGINS = (
     "vaeflow.data.images",
     "vaeflow.models.encoders.conv2d",
     "vaeflow.models.decoders.conv2d",
+    "vaeflow.data.molecules",
+    "vaeflow.models.encoders.gine",
+    "vaeflow.models.decoders.selfies_gru",
 )
 
 

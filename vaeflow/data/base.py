@@ -70,3 +70,16 @@ class Modality(abc.ABC):
     def collate_fn(self) -> Any:
         """The DataLoader collate function; None uses torch's default."""
         return None
+
+    def encoder_input(self, example: Any, spec: dict[str, Any]) -> Any:
+        """Turn raw inputs (an ``example_input`` or what the pyfunc model receives) into the encoder's
+        input; the default reads them as a float32 tensor."""
+        import numpy as np
+
+        return torch.as_tensor(np.asarray(example, dtype=np.float32))
+
+    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                           generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
+        """Modality-specific test metrics beyond −ELBO/IWAE (e.g. the MOSES suite); may write tables
+        and figures into ``out_dir`` (the evaluation folder, logged to MLflow). Default: none."""
+        return {}
