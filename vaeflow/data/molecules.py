@@ -326,7 +326,7 @@ def _map_chunks(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str]
     spread over the cluster; otherwise a process pool uses every local core.
     """
     bar = tqdm(total=total, desc=desc, unit="mol", disable=not progress, smoothing=0.1)
-    use_ray = bool(os.environ.get("RAY_ADDRESS"))
+    use_ray = os.environ.get("RAY_ADDRESS", "local") != "local"  # "local" asks for a new local cluster: use the pool
     try:
         import ray
 
