@@ -178,7 +178,8 @@ def evaluation_metrics(modality: Any, model: Any, config: Any, paths: Any, out_d
     if not samples.is_file():
         raise FileNotFoundError(f"{samples} not found; run the sample stage first (dvc repro sample@molecule)")
     with open(samples) as f:
-        gen = [row["SMILES"] for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    gen = [row["SMILES"] for row in rows]
     source: MoleculeSource = DATASETS.get_or_raise(config.data.dataset)
     spec = modality.input_spec(paths.processed)
     refs: dict[str, dict[str, Any]] = {}
@@ -198,9 +199,10 @@ def evaluation_metrics(modality: Any, model: Any, config: Any, paths: Any, out_d
         w = csv.writer(f)
         w.writerow(["metric", "value"])
         w.writerows(metrics.items())
-    mols = [m for m in (chem.mol_from_smiles(s) for s in gen) if m is not None]
-    if refs and mols:
-        property_plots(M._props(mols), next(iter(refs.values())), out_dir / "properties.png")
+    valid = [r for r in rows if r["valid"] == "True"]
+    if refs and valid:  # the sample stage computed the properties already
+        gen_props = {name: [float(r[name]) for r in valid] for name in chem.PROPERTIES}
+        property_plots(gen_props, next(iter(refs.values())), out_dir / "properties.png")
     return {M.mlflow_key(k): float(v) for k, v in metrics.items()}
 
 

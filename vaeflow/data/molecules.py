@@ -209,8 +209,8 @@ class MoleculeSource:
     Attributes:
         elements: the atom vocabulary; molecules with other elements are rejected.
         max_atoms: heavy-atom limit; larger molecules are rejected.
-        official: split name → a function returning the path of a one-column SMILES file (with a
-            header line; ``.gz`` allowed). Splits missing here are cut from ``train`` with the seed.
+        official: split name → a function returning the path of a CSV file with a ``smiles``
+            column (any case; ``.gz`` allowed). Splits missing here are cut from ``train`` with the seed.
         test_fraction: share of ``train`` held out as ``test`` when there is no official test split.
         reference_stats: split name → file of MOSES reference statistics (FCD, SNN, Frag, Scaf,
             properties) for the *whole* official split, used by the evaluation when present.
@@ -219,7 +219,6 @@ class MoleculeSource:
     elements: tuple[str, ...]
     max_atoms: int
     official: dict[str, Callable[[], Path]]
-    column: int = 0
     test_fraction: float = 0.0
     reference_stats: dict[str, Callable[[], Path]] = dataclasses.field(default_factory=dict)
     canonical: bool = False  # the files hold RDKit canonical SMILES already (MOSES does)
@@ -242,7 +241,9 @@ DATASETS.register("moses")(MoleculeSource(
 QM9_FILE = RemoteFile(
     folder="qm9",
     name="qm9_selfies_tests.csv",
-    # DeepChem's qm9.csv holds the same 133,885 SMILES in its `smiles` column.
+    # DeepChem's qm9.csv holds the same 133,885 molecules in its `smiles` column, among others. The
+    # digest is that of the single-column copy the project's mirror holds (no network was available to
+    # take upstream's): a fresh download fails verification until upstream's sha256 is added here.
     url="https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/qm9.csv",
     sha256="80c060e299a44112b89be3fc6d95145dfeda97aa3eab1e2662aafdfbb00f7929",
 )
@@ -263,13 +264,21 @@ def _count_records(path: Path) -> int:
         return sum(1 for _ in f) - 1  # minus the header
 
 
-def _stream(path: Path, keep: np.ndarray, column: int, chunk_size: int) -> Iterator[list[tuple[int, str]]]:
+def smiles_column(header: str, path: Path) -> int:
+    """Index of the ``smiles`` column (any case) in a CSV header line."""
+    names = [h.strip().lower() for h in header.rstrip("\n").split(",")]
+    if "smiles" not in names:
+        raise ValueError(f"{path}: no 'smiles' column in its header {header.strip()!r}")
+    return names.index("smiles")
+
+
+def _stream(path: Path, keep: np.ndarray, chunk_size: int) -> Iterator[list[tuple[int, str]]]:
     """Chunks of (line number, SMILES) for the record indices in ``keep`` (sorted), read lazily."""
     wanted = iter(keep.tolist())
     target = next(wanted, None)
     chunk: list[tuple[int, str]] = []
     with _open_text(path) as f:
-        next(f, None)  # header
+        column = smiles_column(next(f, ""), path)
         for i, line in enumerate(f):
             if target is None:
                 break
@@ -454,9 +463,10 @@ def novelty_reference(dataset: str) -> frozenset[str]:
     """Canonical SMILES of a data set's whole official training file (MOSES measures novelty against
     its full training set, not a quick preset's subset)."""
     source: MoleculeSource = DATASETS.get_or_raise(dataset, "data.dataset")
-    with _open_text(source.official["train"]()) as f:
-        next(f)
-        raw = [line.rstrip("\n").split(",")[source.column] for line in f]
+    path = source.official["train"]()
+    with _open_text(path) as f:
+        column = smiles_column(next(f, ""), path)
+        raw = [line.rstrip("\n").split(",")[column] for line in f]
     if source.canonical:
         return frozenset(raw)
     chem.quiet_rdkit()
@@ -533,7 +543,7 @@ class MoleculeModality(Modality):
         rejects: list[tuple[str, int, str, str]] = []
         for split, (path, keep) in plan.items():
             chunks = []
-            for chunk in _map_chunks(_stream(path, keep, source.column, chunk_size), source.elements, source.max_atoms,
+            for chunk in _map_chunks(_stream(path, keep, chunk_size), source.elements, source.max_atoms,
                                      total=len(keep), chunk_size=chunk_size, desc=f"featurise {config.dataset} {split}", progress=progress):
                 chunks.append(chunk)
                 rejects += [(split, line, smi, why) for line, smi, why in chunk.rejects]
