@@ -53,6 +53,7 @@ def ray_cluster():
     import ray
 
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's clean-up polls.
+    # address="local": always a fresh cluster, never another process's Ray instance on the same machine.
     ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1")
     yield ray
     ray.shutdown()

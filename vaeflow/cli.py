@@ -1,4 +1,4 @@
-"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config,params,anomaly} …``.
+"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config,params,submit,anomaly,interpolate,optimize} …``.
 
 Configuration comes from a preset (``--preset``, or the one params.yaml names for the modality
 under ``modalities.<modality>.preset``), then params.yaml's ``<section>.<modality>`` entries, then
@@ -62,7 +62,43 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, help="Monte-Carlo samples of z per window (default: the model's evaluate.anomaly_k)")
     s.add_argument("--label", type=int, help="class label, for a conditional model")
     s.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo samples (default: 0)")
+    latent = {
+        "interpolate": "decode the straight latent path between two molecules (greedy), with their properties",
+        "optimize": "gradient ascent on the property head's prediction from a molecule's latent code, decoded along the way",
+    }
+    for name, text in latent.items():
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument("--modality", default="molecule", help="modality of the trained model (default: molecule)")
+        s.add_argument("--root", type=Path, default=Path("."), help="project folder holding models/ (default: .)")
+        s.add_argument("--model", type=Path, help="model file (default: <root>/models/<modality>/model.pt)")
+        s.add_argument("--start", required=True, help="SMILES of the starting molecule")
+        s.add_argument("--steps", type=int, default=8 if name == "interpolate" else 100,
+                       help="points on the path (interpolate) or gradient steps (optimize)")
+        if name == "interpolate":
+            s.add_argument("--end", required=True, help="SMILES of the end molecule")
+        else:
+            s.add_argument("--property", default="QED", help="property to optimise: logP, QED, SA or weight (default: QED)")
+            s.add_argument("--minimize", action="store_true", help="decrease the property instead (e.g. SA)")
+            s.add_argument("--lr", type=float, default=0.05, help="Adam step size in latent space (default: 0.05)")
+            s.add_argument("--every", type=int, default=10, help="decode every this many steps (default: 10)")
     return p
+
+
+def latent_command(args: argparse.Namespace) -> Any:
+    """``vaeflow interpolate`` / ``vaeflow optimize`` on a trained model's latent space."""
+    from vaeflow import molecules
+    from vaeflow.training import checkpoint
+
+    path = args.model or args.root / "models" / args.modality / "model.pt"
+    model, _, state = checkpoint.load_model(path)
+    spec = state["input_spec"]
+    try:
+        if args.command == "interpolate":
+            return molecules.interpolate(model, spec, args.start, args.end, steps=args.steps)
+        return molecules.optimize(model, spec, args.start, prop=args.property, steps=args.steps, lr=args.lr,
+                                  maximize=not args.minimize, every=args.every)
+    except ValueError as exc:  # an unusable SMILES or property: a user mistake
+        raise cfg.ConfigError(str(exc)) from None
 
 
 def resolve_config(args: argparse.Namespace) -> cfg.ExperimentConfig:
@@ -159,6 +195,8 @@ def run(args: argparse.Namespace) -> Any:
         model = args.model or args.root / "models" / args.modality / "model.pt"
         output = args.output or args.input.with_name(args.input.name + ".scores.csv")
         return score_csv(model, args.input, output, k=args.k, stride=args.stride, label=args.label, seed=args.seed)
+    if args.command in ("interpolate", "optimize"):
+        return latent_command(args)
     config = resolve_config(args)
     if args.command == "config":
         import yaml

@@ -107,9 +107,9 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
 
     from vaeflow.serving import PREDICT_PARAMS
 
-    model, _, _ = checkpoint.load_model(model_file)
+    model, _, state = checkpoint.load_model(model_file)
     with torch.no_grad():
-        output = model.encode(torch.as_tensor(example)).mu.numpy()
+        output = model.encode(_modality(config).encoder_input(example, state["input_spec"])).mu.numpy()
     signature = infer_signature(example, output, params=PREDICT_PARAMS)
     name = config.tracking.registered_model
     with mlflow.start_run(run_id=run_id):
@@ -249,11 +249,11 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
         "iwae_subset_neg_elbo": subset_elbo["neg_elbo"],
     }
     spec = modality.input_spec(paths.processed)
-    metrics |= modality.evaluation_metrics(model, paths.processed, spec, config, g())
     figures_dir = paths.plots / "evaluation"
     with atomic_path(figures_dir) as tmp:
         tmp.mkdir()
         modality.evaluation_figures(model, test, spec, tmp, g())
+        metrics |= modality.evaluation_metrics(model, config, paths, tmp, g(), progress=progress)
     write_json(paths.metrics / "evaluate.json", metrics)
 
     c = tracking.client(config.tracking)
