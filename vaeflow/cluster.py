@@ -22,6 +22,7 @@ EXCLUDES = ["data/", "models/", "samples/", "metrics/", "plots/", "mlruns/", "ml
             "*.db", ".git/", ".dvc/cache/", "__pycache__/", "*.egg-info/"]
 SUBMISSION_ENV = "VAEFLOW_SUBMISSION_ID"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 120  # how long a submission waits for a just-started head's job agent
 
 
 @dataclasses.dataclass
@@ -50,11 +51,21 @@ def submit(
     client = JobSubmissionClient(address)
     submission_id = f"vaeflow-{uuid.uuid4().hex[:12]}"
     env = {k: v for k, v in os.environ.items() if k.startswith("VAEFLOW_")} | {SUBMISSION_ENV: submission_id}
-    client.submit_job(
-        entrypoint=shlex.join(["vaeflow", *command]),
-        submission_id=submission_id,
-        runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env},
-    )
+    # A freshly started head answers before its job agent is up ("No available agent …, please try
+    # again later"): retry that for a while, fail on anything else at once.
+    patience = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            client.submit_job(
+                entrypoint=shlex.join(["vaeflow", *command]),
+                submission_id=submission_id,
+                runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env},
+            )
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > patience:
+                raise
+            time.sleep(2)
     on_status(f"submitted {submission_id} to {address}")
     status = str(client.get_job_status(submission_id).value)
     if not wait:
