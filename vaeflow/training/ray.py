@@ -30,6 +30,7 @@ from vaeflow import registry, tracking
 from vaeflow.config import ExperimentConfig, from_dict
 from vaeflow.models.vae import build_model
 from vaeflow.training import checkpoint
+from vaeflow.training.checkpoint import load as load_checkpoint  # `checkpoint` is also a callback argument
 from vaeflow.training.loop import METRICS, NonFiniteLossError, run_epoch, seeded_generator, unwrap
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,9 @@ class _EpochMetricsToMlflow(ray.train.UserCallback):
 
     The controller calls ``after_report`` once it has committed a report (and registered its
     checkpoint), so an epoch lost to a worker failure before that point is redone and logged once
-    afterwards. Steps already in the run (a driver that died after logging) are not logged again.
+    afterwards. Steps already in the run are not logged again; steps missing from it (a driver
+    killed between committing a checkpoint and logging its epoch) are filled in from the history
+    in the first checkpoint this job sees.
     """
 
     def __init__(self, tracking_uri: str, run_id: str):
@@ -180,15 +183,20 @@ class _EpochMetricsToMlflow(ray.train.UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         client = MlflowClient(tracking_uri=self.tracking_uri)
+        rows = []
         if self._logged is None:
             self._logged = {m.step for m in client.get_metric_history(self.run_id, SCORE)}
+            if checkpoint is not None:
+                with checkpoint.as_directory() as d:
+                    rows = list(load_checkpoint(d)["history"])
         row = metrics[0]  # every rank reports the same all-reduced row
-        if row.get("partial"):  # a mid-epoch checkpoint: the epoch's metrics come at its end
-            return
-        step = int(row["epoch"])
-        if step not in self._logged:
-            tracking.log_metrics(client, self.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=step)
-            self._logged.add(step)
+        if not row.get("partial"):  # a mid-epoch checkpoint: the epoch's metrics come at its end
+            rows.append(row)
+        for row in rows:
+            step = int(row["epoch"])
+            if step not in self._logged:
+                tracking.log_metrics(client, self.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=step)
+                self._logged.add(step)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
