@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -19,7 +20,9 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "vaeflow-test", "GIT_AUTHOR_EMAIL": "test@vaeflow.
 
 
 def _run(args: list[str], cwd, timeout: int = 600) -> str:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ | GIT_ENV)
+    # The copy's own code, not whichever vaeflow is installed, runs the stages.
+    env = os.environ | GIT_ENV | {"PYTHONPATH": os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
@@ -33,7 +36,7 @@ def repo(tmp_path_factory):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
     for modality in yaml.safe_load((dest / "params.yaml").read_text())["modalities"]:
-        _run(["vaeflow", "params", "--modality", modality, "--preset", f"configs/{modality}/tiny.yaml"], dest)
+        _run([sys.executable, "-m", "vaeflow.cli", "params", "--modality", modality, "--preset", f"configs/{modality}/tiny.yaml"], dest)
     assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["image"]["epochs"] == 1
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)
