@@ -39,12 +39,21 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def project(tiny_data, tmp_path):
+    """A fresh project folder sharing the session's prepared tiny data."""
+    (tmp_path / "data/processed").mkdir(parents=True)
+    (tmp_path / "data/processed/image").symlink_to(tiny_data / "data/processed/image")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster (2 CPUs) for the whole session: starting Ray costs 10–30 s."""
     import ray
 
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's clean-up polls.
-    ray.init(num_cpus=2, dashboard_host="127.0.0.1")
+    # address="local": always a fresh cluster, never another process's Ray instance on the same machine.
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1")
     yield ray
     ray.shutdown()

@@ -20,8 +20,9 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "vaeflow-test", "GIT_AUTHOR_EMAIL": "test@vaeflow.
 
 
 def _run(args: list[str], cwd, timeout: int = 600) -> str:
-    # The copy's own code, not whichever vaeflow is installed, runs the stages.
-    env = os.environ | GIT_ENV | {"PYTHONPATH": os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))}
+    # PYTHONPATH: the stages import the copied project, not an installed vaeflow; RAY_ADDRESS=local:
+    # each stage starts its own Ray cluster, never joining another Ray instance running on this machine.
+    env = os.environ | GIT_ENV | {"PYTHONPATH": str(cwd), "RAY_ADDRESS": "local"}
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -35,8 +36,11 @@ def repo(tmp_path_factory):
     for name in files:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    for modality in yaml.safe_load((dest / "params.yaml").read_text())["modalities"]:
-        _run([sys.executable, "-m", "vaeflow.cli", "params", "--modality", modality, "--preset", f"configs/{modality}/tiny.yaml"], dest)
+    # Every modality of the pipeline on its tiny preset (the module under test, not an installed copy).
+    modalities = yaml.safe_load((dest / "params.yaml").read_text())["modalities"]
+    for modality in modalities:
+        _run([sys.executable, "-m", "vaeflow.cli", "params", "--modality", modality,
+              "--preset", f"configs/{modality}/tiny.yaml"], dest)
     assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["image"]["epochs"] == 1
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)
@@ -46,8 +50,10 @@ def repo(tmp_path_factory):
 
 def test_repro_then_noop_then_experiment(repo):
     out = _run(["dvc", "repro"], repo, timeout=900)
-    for stage in ("prepare@image", "train@image", "sample@image", "evaluate@image"):
-        assert f"Running stage '{stage}'" in out
+    modalities = yaml.safe_load((repo / "params.yaml").read_text())["modalities"]
+    for modality in modalities:
+        for stage in ("prepare", "train", "sample", "evaluate"):
+            assert f"Running stage '{stage}@{modality}'" in out
     evaluate = json.loads((repo / "metrics/image/evaluate.json").read_text())
     assert evaluate["iwae_k"] == 10 and evaluate["n_test"] == 256
     train = json.loads((repo / "metrics/image/train.json").read_text())

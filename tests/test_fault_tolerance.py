@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import ray
 from ray.util.state import list_actors
 
 from vaeflow import tracking
@@ -25,12 +26,21 @@ def _checkpoint_epochs(run_dir) -> list[int]:
     return sorted(checkpoint.load(d)["epoch"] for d in run_dir.glob("checkpoint_*") if d.is_dir())
 
 
-def _kill_a_worker_after_first_checkpoint(run_dir, killed: list[int]) -> None:
-    """Wait for the first persisted checkpoint, then SIGKILL one training worker found via Ray's state API."""
+def _kill_a_worker_after_first_checkpoint(run_dir, killed: list[int], errors: list[str], world: int = 2) -> None:
+    """Find the training workers through Ray's state API, then SIGKILL one the moment the first
+    checkpoint is persisted (looked up first: the state API can be slower than a tiny epoch)."""
     deadline = time.monotonic() + 180
+    workers: list = []
+    while len(workers) < world and time.monotonic() < deadline:
+        try:
+            # This cluster's own address: a `ray start` head stopped earlier may have left a stale default.
+            workers = list_actors(address=ray.get_runtime_context().gcs_address,
+                                  filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        except Exception as exc:  # the state API may be briefly unavailable; keep asking
+            errors.append(repr(exc)[:300])
+        time.sleep(0.05)
     while time.monotonic() < deadline and not any(d.is_dir() for d in run_dir.glob("checkpoint_*")):
-        time.sleep(0.02)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        time.sleep(0.01)
     if workers:
         pid = max(w.pid for w in workers)
         os.kill(pid, signal.SIGKILL)
@@ -38,15 +48,18 @@ def _kill_a_worker_after_first_checkpoint(run_dir, killed: list[int]) -> None:
 
 
 def test_killed_worker_restarts_the_group_and_resumes_exactly(tmp_path, processed, ray_cluster):
-    epochs = 25
-    config = tiny_config(tmp_path, f"train.epochs={epochs}", "train.max_failures=2")
+    epochs = 6
+    # A checkpoint at step 4 of each 8-step epoch as well: the kill lands inside epoch 1 and the
+    # resume starts mid-epoch.
+    config = tiny_config(tmp_path, f"train.epochs={epochs}", "train.max_failures=2", "train.checkpoint_every_steps=4")
     run_id = tracking.start_run(config, {}, run_name="killed")
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path / "ray_results/killed", killed))
+    errors: list[str] = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path / "ray_results/killed", killed, errors))
     killer.start()
     result = fit(config, processed, run_name="killed", run_id=run_id, progress=False)
     killer.join()
-    assert killed, "no training worker was found to kill"
+    assert killed, f"no training worker was found to kill; state API errors: {errors[-3:]}"
 
     assert [row["epoch"] for row in result.history] == list(range(1, epochs + 1))
     client = tracking.client(config.tracking)
@@ -56,7 +69,7 @@ def test_killed_worker_restarts_the_group_and_resumes_exactly(tmp_path, processe
     assert steps == list(range(1, epochs + 1))  # no duplicate, no missing epoch
 
     # Same seed, uninterrupted: the resumed run reaches the same model (data order, binarisation
-    # and reparameterisation noise are functions of (seed, epoch, rank); optimizer state is restored).
+    # and reparameterisation noise are functions of (seed, epoch, rank, step); optimizer state is restored).
     ref_id = tracking.start_run(config, {}, run_name="uninterrupted")
     ref = fit(config, processed, run_name="uninterrupted", run_id=ref_id, progress=False)
     assert result.history[-1][SCORE] == pytest.approx(ref.history[-1][SCORE], rel=1e-4)
@@ -74,3 +87,41 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
     assert "\n" not in message
     assert "at epoch 2, step" in message and "last good checkpoint is kept" in message
     assert _checkpoint_epochs(tmp_path / "ray_results/nan") == [1]
+
+
+def test_killed_driver_then_same_command_resumes_the_same_run(project, tmp_path):
+    """SIGKILL the `vaeflow train` process (and the local Ray it started) after its first checkpoint,
+    run the same command again: the same Ray run and the same MLflow run continue."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    epochs = 15
+    cmd = [sys.executable, "-m", "vaeflow.cli", "train", "--preset", str(TINY), "--root", str(project), "--no-progress",
+           "--set", f"train.epochs={epochs}", "--set", f"tracking.uri=sqlite:///{project}/mlflow.db",
+           "--set", f"tracking.artifact_location={project}/mlartifacts", "--set", f"train.storage_path={project}/ray_results"]
+    env = os.environ | {"RAY_ADDRESS": ""}
+    first = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((project / "ray_results").glob("*/checkpoint_*/")):
+        assert first.poll() is None and time.monotonic() < deadline, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    (run_dir,) = (project / "ray_results").iterdir()
+    interrupted = json.loads((run_dir / "vaeflow_job.json").read_text())
+    assert interrupted["status"] == "running"
+
+    second = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming {run_dir.name}" in second.stderr
+    assert [d.name for d in (project / "ray_results").iterdir()] == [run_dir.name]  # no second Ray run
+    run = json.loads((project / "models/image/run.json").read_text())
+    assert run["mlflow_run_id"] == interrupted["mlflow_run_id"]
+    client = tracking.client(tiny_config(project).tracking)
+    exp = client.get_experiment_by_name("vaeflow-image")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    steps = sorted(m.step for m in client.get_metric_history(run["mlflow_run_id"], SCORE))
+    assert steps == list(range(1, epochs + 1))

@@ -64,3 +64,33 @@ def test_bf16_autocast_runs_on_cpu(tiny_data, tmp_path):
                       generator=seeded_generator(cpu, 0))
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert next(model.parameters()).dtype == torch.float32  # weights stay fp32; only the forward is bf16
+
+
+def test_an_epoch_resumed_from_a_mid_epoch_checkpoint_ends_exactly_like_an_uninterrupted_one(tiny_data, tmp_path):
+    import copy
+
+    config, m, model, _ = _setup(tiny_data, tmp_path)
+    loader = DataLoader(m.load(tiny_data / "data/processed/image", "train"), batch_size=64, shuffle=False)
+    cpu = torch.device("cpu")
+    reseed = lambda step: seeded_generator(cpu, 0, "train", 0, *([step] if step else []))  # noqa: E731
+    start = copy.deepcopy(model.state_dict())
+    opt = torch.optim.Adam(model.parameters())
+    snapshots = {}
+
+    def keep(step, totals):
+        snapshots[step] = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), totals)
+
+    full = run_epoch(model, loader, m, config, epoch=0, device=cpu, optimizer=opt, generator=None,
+                     checkpoint_every=3, on_checkpoint=keep, reseed=reseed)
+    assert sorted(snapshots) == [3, 6]  # 8 steps: checkpoints inside the epoch only
+    end_weights = copy.deepcopy(model.state_dict())
+
+    weights, opt_state, totals = snapshots[3]
+    model.load_state_dict(weights)
+    opt = torch.optim.Adam(model.parameters())
+    opt.load_state_dict(opt_state)
+    resumed = run_epoch(model, loader, m, config, epoch=0, device=cpu, optimizer=opt, generator=None,
+                        start_step=3, totals=totals, checkpoint_every=3, on_checkpoint=lambda *a: None, reseed=reseed)
+    assert resumed == pytest.approx(full, rel=1e-12)
+    assert all(torch.equal(end_weights[k], v) for k, v in model.state_dict().items())
+    assert not all(torch.equal(start[k], v) for k, v in model.state_dict().items())

@@ -28,6 +28,30 @@ SERIES_SPEC = {"channels": 3, "length": 10, "num_classes": 3}
 def _series_batch(n: int, generator: torch.Generator):
     x = torch.randn(n, 10, 3, generator=generator)
     return x, x.clone(), torch.randint(0, 3, (n,), generator=generator)
+MOLECULE_SPEC = {"atom_feature_sizes": [4, 4, 2, 5, 4, 2], "bond_feature_sizes": [4, 2, 2],
+                 "vocab": ["<pad>", "<bos>", "<eos>", "[C]", "[N]", "[O]", "[=C]", "[Ring1]", "[Branch1]"],
+                 "max_tokens": 7, "properties": ["logP", "QED", "SA", "weight"], "num_classes": 3}
+
+
+def _molecule_batch(n: int, generator: torch.Generator):
+    """Random molecular graphs (3–6 atoms, a chain plus one extra bond) with token targets."""
+    from torch_geometric.data import Batch, Data
+
+    from vaeflow.data.molecules import MoleculeTarget
+
+    graphs = []
+    for _ in range(n):
+        atoms = int(torch.randint(3, 7, (1,), generator=generator))
+        src = list(range(atoms - 1)) + [0]
+        dst = list(range(1, atoms)) + [atoms - 1]
+        ei = torch.tensor([src + dst, dst + src])
+        x = torch.stack([torch.randint(0, s, (atoms,), generator=generator) for s in MOLECULE_SPEC["atom_feature_sizes"]], 1)
+        e = torch.stack([torch.randint(0, s, (len(src),), generator=generator) for s in MOLECULE_SPEC["bond_feature_sizes"]], 1)
+        graphs.append(Data(x=x, edge_index=ei, edge_attr=torch.cat([e, e]), num_nodes=atoms))
+    tokens = torch.randint(3, 9, (n, 7), generator=generator)
+    tokens[:, -2:] = torch.tensor([2, 0])  # …, <eos>, <pad>
+    target = MoleculeTarget(tokens=tokens, properties=torch.randn(n, 4, generator=generator))
+    return Batch.from_data_list(graphs), target, torch.randint(0, 3, (n,), generator=generator)
 
 
 FAMILIES = {
@@ -39,6 +63,8 @@ FAMILIES = {
     "conv1d/conv1d": (SERIES_SPEC, ModuleSpec("conv1d", {"channels": [4, 4]}), ModuleSpec("conv1d", {"channels": [4, 4]}), _series_batch),
     "gru/timevae": (SERIES_SPEC, ModuleSpec("gru", {"hidden": 8}),
                     ModuleSpec("timevae", {"trend_degree": 2, "seasons": [[3, 2], [2, 1]], "residual_channels": [4]}), _series_batch),
+    "gine/selfies_gru": (MOLECULE_SPEC, ModuleSpec("gine", {"hidden": 8, "layers": 2}),
+                         ModuleSpec("selfies_gru", {"embed": 4, "hidden": 8, "layers": 2}), _molecule_batch),
 }
 
 
@@ -101,6 +127,9 @@ def test_state_dict_round_trip_with_weights_only(family):
     x, target, _ = batch(3, torch.Generator().manual_seed(0))
     model.eval(), other.eval()
     assert torch.equal(model.encode(x).mu, other.encode(x).mu)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(model(x, target=target, generator=g()).decoded.params,
+                       other(x, target=target, generator=g()).decoded.params)
     assert torch.equal(model.decode(model.encode(x).mu).params, other.decode(other.encode(x).mu).params)
 
 
@@ -143,3 +172,16 @@ def test_conditional_needs_a_labelled_data_set():
 def test_decoder_rejects_sizes_it_cannot_produce():
     with pytest.raises(ValueError, match="not divisible by 2\\^3"):
         build_model(ModelConfig(decoder=ModuleSpec("conv2d", {"channels": [8, 8, 8]})), IMAGE_SPEC)
+
+
+def test_decode_expands_the_target_along_sample_dimensions():
+    """A teacher-forced decoder sees its target repeated for each of the k importance samples."""
+    model, batch = _model("gine/selfies_gru")
+    model.eval()
+    x, target, _ = batch(4, torch.Generator().manual_seed(0))
+    z = model.encode(x).rsample(torch.Generator().manual_seed(0), k=5)  # (5, 4, 3)
+    out = model.decode(z, None, target)
+    assert out.params.shape == (5, 4, 7, 9) and out.aux.shape == (5, 4, 4)
+    lp = model.decoder.log_prob(out, target)
+    assert lp.shape == (5, 4)
+    assert torch.allclose(lp[3], model.decoder.log_prob(model.decode(z[3], None, target), target), atol=1e-5)

@@ -16,14 +16,6 @@ from vaeflow.training.ray import SCORE, fit
 from tests.conftest import tiny_config
 
 
-@pytest.fixture
-def project(tiny_data, tmp_path):
-    """A fresh project folder sharing the session's prepared tiny data."""
-    (tmp_path / "data/processed").mkdir(parents=True)
-    (tmp_path / "data/processed/image").symlink_to(tiny_data / "data/processed/image")
-    return tmp_path
-
-
 def _steps(client: MlflowClient, run_id: str, key: str = SCORE) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 

@@ -1,4 +1,4 @@
-"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config,params,anomaly} …``.
+"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config,params,submit,anomaly,interpolate,optimize} …``.
 
 Configuration comes from a preset (``--preset``, or the one params.yaml names for the modality
 under ``modalities.<modality>.preset``), then params.yaml's ``<section>.<modality>`` entries, then
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
         "config": "print the resolved configuration as YAML and exit",
         "params": "write a preset's values into params.yaml for one modality (e.g. to switch to the full preset)",
     }
+    s = sub.add_parser(
+        "submit",
+        help="submit a vaeflow command to a running Ray cluster as a job (Ray's job API)",
+        description="Submit `vaeflow COMMAND …` to a Ray cluster, wait for it, print its status, log tail and MLflow run. "
+        "Example: vaeflow submit --address http://127.0.0.1:8265 -- train --modality image",
+    )
+    s.add_argument("--address", default=None, help="Ray dashboard address (default: $RAY_ADDRESS or http://127.0.0.1:8265)")
+    s.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default: .)")
+    s.add_argument("--no-wait", action="store_true", help="return after submitting")
+    s.add_argument("job", nargs=argparse.REMAINDER, help="the vaeflow command to run, after --")
     for name, text in helps.items():
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("--modality", default="image", help="modality to run (default: image)")
@@ -51,7 +62,43 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, help="Monte-Carlo samples of z per window (default: the model's evaluate.anomaly_k)")
     s.add_argument("--label", type=int, help="class label, for a conditional model")
     s.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo samples (default: 0)")
+    latent = {
+        "interpolate": "decode the straight latent path between two molecules (greedy), with their properties",
+        "optimize": "gradient ascent on the property head's prediction from a molecule's latent code, decoded along the way",
+    }
+    for name, text in latent.items():
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument("--modality", default="molecule", help="modality of the trained model (default: molecule)")
+        s.add_argument("--root", type=Path, default=Path("."), help="project folder holding models/ (default: .)")
+        s.add_argument("--model", type=Path, help="model file (default: <root>/models/<modality>/model.pt)")
+        s.add_argument("--start", required=True, help="SMILES of the starting molecule")
+        s.add_argument("--steps", type=int, default=8 if name == "interpolate" else 100,
+                       help="points on the path (interpolate) or gradient steps (optimize)")
+        if name == "interpolate":
+            s.add_argument("--end", required=True, help="SMILES of the end molecule")
+        else:
+            s.add_argument("--property", default="QED", help="property to optimise: logP, QED, SA or weight (default: QED)")
+            s.add_argument("--minimize", action="store_true", help="decrease the property instead (e.g. SA)")
+            s.add_argument("--lr", type=float, default=0.05, help="Adam step size in latent space (default: 0.05)")
+            s.add_argument("--every", type=int, default=10, help="decode every this many steps (default: 10)")
     return p
+
+
+def latent_command(args: argparse.Namespace) -> Any:
+    """``vaeflow interpolate`` / ``vaeflow optimize`` on a trained model's latent space."""
+    from vaeflow import molecules
+    from vaeflow.training import checkpoint
+
+    path = args.model or args.root / "models" / args.modality / "model.pt"
+    model, _, state = checkpoint.load_model(path)
+    spec = state["input_spec"]
+    try:
+        if args.command == "interpolate":
+            return molecules.interpolate(model, spec, args.start, args.end, steps=args.steps)
+        return molecules.optimize(model, spec, args.start, prop=args.property, steps=args.steps, lr=args.lr,
+                                  maximize=not args.minimize, every=args.every)
+    except ValueError as exc:  # an unusable SMILES or property: a user mistake
+        raise cfg.ConfigError(str(exc)) from None
 
 
 def resolve_config(args: argparse.Namespace) -> cfg.ExperimentConfig:
@@ -97,13 +144,33 @@ def write_params(args: argparse.Namespace) -> dict[str, Any]:
     return {"params": str(args.params), "modality": config.modality, "preset": args.preset.as_posix()}
 
 
+def submit_job(args: argparse.Namespace) -> dict[str, Any]:
+    from vaeflow.cluster import submit
+
+    job = [a for a in args.job if a != "--"] if args.job[:1] == ["--"] else list(args.job)
+    if not job:
+        raise cfg.ConfigError("nothing to submit: give the vaeflow command after --, e.g. -- train --modality image")
+    address = args.address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    result = submit(address, job, working_dir=args.working_dir, wait=not args.no_wait)
+    if result.logs_tail:
+        print(result.logs_tail)
+    if result.status not in ("SUCCEEDED", "PENDING", "RUNNING"):
+        raise JobFailed(f"job {result.submission_id} ended {result.status}; see `ray job logs {result.submission_id} --address {address}`")
+    return {"submission_id": result.submission_id, "status": result.status, "mlflow_run_id": result.mlflow_run_id}
+
+
+class JobFailed(RuntimeError):
+    """A submitted job did not succeed."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from vaeflow.data.download import DataNotFoundError
     from vaeflow.data.idx import IdxFormatError
 
     from vaeflow.data.timeseries import SeriesDataError
 
-    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError, SeriesDataError]
+    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError,
+                                         JobFailed, SeriesDataError]
     try:
         from vaeflow.training.ray import TrainingError
 
@@ -118,6 +185,8 @@ def run(args: argparse.Namespace) -> Any:
 
     if args.command == "params":
         return write_params(args)
+    if args.command == "submit":
+        return submit_job(args)
     if args.command == "anomaly":
         from vaeflow.anomaly import score_csv
 
@@ -126,6 +195,8 @@ def run(args: argparse.Namespace) -> Any:
         model = args.model or args.root / "models" / args.modality / "model.pt"
         output = args.output or args.input.with_name(args.input.name + ".scores.csv")
         return score_csv(model, args.input, output, k=args.k, stride=args.stride, label=args.label, seed=args.seed)
+    if args.command in ("interpolate", "optimize"):
+        return latent_command(args)
     config = resolve_config(args)
     if args.command == "config":
         import yaml

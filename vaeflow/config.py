@@ -121,6 +121,8 @@ class TrainConfig:
     storage_path: str = "ray_results"
     # Checkpoints kept by validation loss (the latest is always kept for resume).
     keep_checkpoints: int = 2
+    # Also checkpoint every N training steps inside an epoch (for long epochs); 0: at epoch ends only.
+    checkpoint_every_steps: int = 0
     # Worker-group restarts Ray Train attempts before the job fails.
     max_failures: int = 0
 
@@ -398,6 +400,8 @@ def validate(config: ExperimentConfig) -> None:
             f"train.batch_size ({t.batch_size}) must be divisible by train.num_workers ({t.num_workers}): "
             "each worker gets batch_size / num_workers examples"
         )
+    if t.checkpoint_every_steps < 0:
+        raise ConfigError(f"train.checkpoint_every_steps must be ≥ 0 (0: only at epoch ends), got {t.checkpoint_every_steps}")
     d = config.data
     if d.window is not None and d.window < 2:
         raise ConfigError(f"data.window must be ≥ 2 time steps (or null for whole series), got {d.window}")

@@ -25,6 +25,9 @@ _PLUGINS = (
     "vaeflow.models.decoders.gru",
     "vaeflow.models.decoders.conv1d",
     "vaeflow.models.decoders.timevae",
+    "vaeflow.data.molecules",
+    "vaeflow.models.encoders.gine",
+    "vaeflow.models.decoders.selfies_gru",
 )
 
 

@@ -25,7 +25,11 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from vaeflow.training.checkpoint import load_model
 
-        self.model, self.config, _ = load_model(context.artifacts["checkpoint"])
+        from vaeflow import registry
+
+        self.model, self.config, state = load_model(context.artifacts["checkpoint"])
+        self.spec = state["input_spec"]
+        self.modality = registry.MODALITIES.get_or_raise(self.config.modality)()
 
     def _labels(self, n: int, label: int) -> torch.Tensor | None:
         return torch.full((n,), int(label), dtype=torch.long) if self.model.num_classes else None
@@ -40,8 +44,8 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
             out = self.model.sample(int(p["n"]), generator=g, labels=self._labels(int(p["n"]), p["label"]),
                                     temperature=float(p["temperature"]))
             return out.numpy()
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        labels = self._labels(len(x), p["label"])
+        x = self.modality.encoder_input(model_input, self.spec)
+        labels = self._labels(getattr(x, "num_graphs", None) or len(x), p["label"])
         q = self.model.encode(x, labels)
         if p["mode"] == "encode":
             return q.mu.numpy()

@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import json
 import logging
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 
 from vaeflow import registry, tracking
 from vaeflow.config import ExperimentConfig
+from vaeflow.cluster import SUBMISSION_ENV
 from vaeflow.io import atomic_path, write_json
 from vaeflow.training import checkpoint
 
@@ -106,9 +107,9 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
 
     from vaeflow.serving import PREDICT_PARAMS
 
-    model, _, _ = checkpoint.load_model(model_file)
+    model, _, state = checkpoint.load_model(model_file)
     with torch.no_grad():
-        output = model.encode(torch.as_tensor(example)).mu.numpy()
+        output = model.encode(_modality(config).encoder_input(example, state["input_spec"])).mu.numpy()
     signature = infer_signature(example, output, params=PREDICT_PARAMS)
     name = config.tracking.registered_model
     with mlflow.start_run(run_id=run_id):
@@ -132,15 +133,25 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
 
 def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from vaeflow import plots
-    from vaeflow.training.ray import fit
+    from vaeflow.training.ray import TrainingError, fit
 
     modality = _modality(config)
     tags = tracking.lineage_tags(config, paths.processed)
+    submission = os.environ.get(SUBMISSION_ENV)
+    if submission:
+        tags["ray.submission_id"] = submission
     run_name, run_id = _resume_or_start(config, tags)
-    result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress)
+    log.info("MLflow run %s (experiment %s, Ray run %s)", run_id, config.tracking.experiment, run_name)
+    try:
+        result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress)
+    except TrainingError:
+        # Shown as failed in the UI; the job marker stays "running", so the same command resumes it.
+        tracking.client(config.tracking).set_terminated(run_id, "FAILED")
+        raise
 
     best = checkpoint.load(result.best)
     history = result.history
+    best_val = history[best["epoch"] - 1]["val_neg_elbo"]
     with atomic_path(paths.model) as tmp:
         tmp.mkdir()
         # The model file keeps what inference needs: no optimizer state.
@@ -148,7 +159,7 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         example = modality.example_input(modality.load(paths.processed, "val"), 4)
         version = _log_model(config, run_id, tmp / "model.pt", example,
                              {"modality": config.modality, "data_sha256": tags["vaeflow.data_sha256"],
-                              "git_commit": tags["git_commit"], "best_val_neg_elbo": f"{history[best['epoch'] - 1]['val_neg_elbo']:.4f}"})
+                              "git_commit": tags["git_commit"], "best_val_neg_elbo": f"{best_val:.4f}"})
         run_info = {
             "mlflow_run_id": run_id,
             "tracking_uri": tracking.tracking_uri(config.tracking),
@@ -168,14 +179,14 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     metrics = {
         "epochs": len(history),
         "best_epoch": int(best["epoch"]),
-        "best_val_neg_elbo": history[best["epoch"] - 1]["val_neg_elbo"],
+        "best_val_neg_elbo": best_val,
         "final_train_neg_elbo": last["train_neg_elbo"],
         "final_val_neg_elbo": last["val_neg_elbo"],
         "final_val_kl": last["val_kl"],
         "median_epoch_time_s": sorted(r["epoch_time_s"] for r in history)[len(history) // 2],
     }
     write_json(paths.metrics / "train.json", metrics)
-    tracking.log_metrics(c, run_id, {f"best_val_neg_elbo": metrics["best_val_neg_elbo"]})
+    tracking.log_metrics(c, run_id, {"best_val_neg_elbo": best_val})
     c.set_terminated(run_id, "FINISHED")
     write_json(result.run_dir / JOB_MARKER, {"mlflow_run_id": run_id, "status": "finished"})
     return metrics
@@ -238,11 +249,11 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
         "iwae_subset_neg_elbo": subset_elbo["neg_elbo"],
     }
     spec = modality.input_spec(paths.processed)
-    metrics |= modality.evaluation_metrics(model, paths.processed, spec, config, g())
     figures_dir = paths.plots / "evaluation"
     with atomic_path(figures_dir) as tmp:
         tmp.mkdir()
         modality.evaluation_figures(model, test, spec, tmp, g())
+        metrics |= modality.evaluation_metrics(model, config, paths, tmp, g(), progress=progress)
     write_json(paths.metrics / "evaluate.json", metrics)
 
     c = tracking.client(config.tracking)

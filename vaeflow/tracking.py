@@ -12,7 +12,6 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -96,13 +95,14 @@ def dvc_out_hash(path: str | Path, lockfile: str | Path = "dvc.lock") -> str | N
 
 
 def lineage_tags(config: ExperimentConfig, processed_dir: str | Path) -> dict[str, str]:
+    commit = git_commit()
     tags = {
         "vaeflow.modality": config.modality,
         "vaeflow.dataset": config.data.dataset,
         "vaeflow.config_digest": config.digest(),
         "vaeflow.data_sha256": content_hash(processed_dir),
-        "mlflow.source.git.commit": git_commit(),
-        "git_commit": git_commit(),
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
     }
     dvc_md5 = dvc_out_hash(processed_dir)
     if dvc_md5:

@@ -67,12 +67,19 @@ class Modality(abc.ABC):
                            out_dir: Path, generator: torch.Generator) -> list[Path]:
         """Write the modality's evaluation figures into ``out_dir``; return their paths."""
 
-    def evaluation_metrics(self, model: Any, processed_dir: Path, spec: dict[str, Any],
-                           config: Any, generator: torch.Generator) -> dict[str, Any]:
-        """Modality-specific metrics (e.g. scores of generated data against held-out splits),
-        merged into evaluate.json and the MLflow run; none by default."""
-        return {}
-
     def collate_fn(self) -> Any:
         """The DataLoader collate function; None uses torch's default."""
         return None
+
+    def encoder_input(self, example: Any, spec: dict[str, Any]) -> Any:
+        """Turn raw inputs (an ``example_input`` or what the pyfunc model receives) into the encoder's
+        input; the default reads them as a float32 tensor."""
+        import numpy as np
+
+        return torch.as_tensor(np.asarray(example, dtype=np.float32))
+
+    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                           generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
+        """Modality-specific test metrics beyond −ELBO/IWAE (e.g. the MOSES suite); may write tables
+        and figures into ``out_dir`` (the evaluation folder, logged to MLflow). Default: none."""
+        return {}

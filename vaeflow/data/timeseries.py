@@ -529,8 +529,8 @@ class TimeSeriesModality(Modality):
                             spec["channel_names"], paths[3], title="test windows and reconstructions from the posterior mean")
         return paths
 
-    def evaluation_metrics(self, model: Any, processed_dir: Path, spec: dict[str, Any], config: Any,
-                           generator: torch.Generator) -> dict[str, Any]:
+    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                           generator: torch.Generator, *, progress: bool = True) -> dict[str, Any]:
         """TimeGAN's discriminative and predictive scores and the autocorrelation distance.
 
         As published (TimeGAN, TimeVAE), generated windows are compared with the windows the model
@@ -543,7 +543,7 @@ class TimeSeriesModality(Modality):
         model.eval()
         ev, out = config.evaluate, {}
         for split in ("train", "test"):
-            data = self.load(processed_dir, split)
+            data = self.load(paths.processed, split)
             real = np.nan_to_num(data.x.numpy())
             with torch.no_grad():
                 fake = self.generated_like(model, data, generator)

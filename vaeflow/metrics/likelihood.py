@@ -47,7 +47,7 @@ def iwae_nll(
         parts = []
         for start in range(0, k, chunk):
             z = q.rsample(generator, k=min(chunk, k - start))  # (kc, N, D)
-            log_px_z = model.decoder.log_prob(model.decode(z, labels), inputs.target)  # (kc, N)
+            log_px_z = model.decoder.log_prob(model.decode(z, labels, inputs.target), inputs.target)  # (kc, N)
             parts.append((log_px_z, standard_normal_log_prob(z), q.log_prob(z)))
         log_px_z, log_pz, log_qz = (torch.cat(p) for p in zip(*parts))  # each (k, N)
         out.append(-iwae_log_likelihood(log_px_z, log_pz, log_qz))

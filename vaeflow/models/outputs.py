@@ -23,13 +23,17 @@ class DecoderOutput:
     Attributes:
         params: the main parameter tensor (logits for Bernoulli, means for Gaussian).
         scale: log standard deviation for Gaussian likelihoods, else None.
+        aux: predictions of side variables that the likelihood also scores (e.g. the molecule
+            decoder's property head), else None.
     """
 
     params: torch.Tensor
     scale: torch.Tensor | None = None
+    aux: torch.Tensor | None = None
 
     def float(self) -> DecoderOutput:
-        return DecoderOutput(self.params.float(), None if self.scale is None else self.scale.float())
+        f = lambda t: None if t is None else t.float()  # noqa: E731
+        return DecoderOutput(self.params.float(), f(self.scale), f(self.aux))
 
 
 @dataclasses.dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -47,17 +48,21 @@ class VAE(nn.Module):
         return DiagonalGaussian(out.mu, out.logvar)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None, target: Any = None) -> DecoderOutput:
-        """Decode z; leading sample dimensions (k, N, D) are folded into the batch and restored."""
+        """Decode z; leading sample dimensions (k, N, D) are folded into the batch and restored.
+
+        A target (for a teacher-forced decoder) is expanded along the same sample dimensions.
+        """
         lead = z.shape[:-1]
         cond = self.condition(labels)
         if z.dim() > 2:
             z = z.reshape(-1, z.shape[-1])  # (k, N, D) → (k*N, D)
             if cond is not None:
                 cond = cond.expand(*lead, cond.shape[-1]).reshape(-1, cond.shape[-1])
+            target = expand_leading(target, lead)
         out = self.decoder(z, cond, target)
         if len(lead) > 1:
             unfold = lambda t: None if t is None else t.reshape(*lead, *t.shape[1:])  # noqa: E731
-            out = DecoderOutput(params=unfold(out.params), scale=out.scale)
+            out = DecoderOutput(params=unfold(out.params), scale=out.scale, aux=unfold(out.aux))
         return out
 
     def forward(
@@ -81,6 +86,26 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = temperature * torch.randn(n, self.latent_dim, generator=generator, device=device)
         return self.decoder.generate(self.decode(z, labels), generator, mean=mean)
+
+
+def expand_leading(target: Any, lead: tuple[int, ...]) -> Any:
+    """Repeat a per-example target along leading sample dimensions and fold them into the batch.
+
+    Tensors, and tensors inside dataclasses, tuples and lists, are handled; None stays None.
+
+    Shapes:
+        (N, ...) with lead = (k, N) → (k*N, ...)
+    """
+    if target is None:
+        return None
+    if isinstance(target, torch.Tensor):
+        return target.expand(*lead[:-1], *target.shape).reshape(-1, *target.shape[1:])  # (k, N, …) → (k*N, …)
+    if dataclasses.is_dataclass(target):
+        return dataclasses.replace(target, **{f.name: expand_leading(getattr(target, f.name), lead)
+                                             for f in dataclasses.fields(target)})
+    if isinstance(target, (list, tuple)):
+        return type(target)(expand_leading(t, lead) for t in target)
+    return target
 
 
 def build_model(config: ModelConfig, input_spec: dict[str, Any]) -> VAE:

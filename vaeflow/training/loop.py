@@ -73,14 +73,25 @@ def run_epoch(
     *,
     epoch: int,
     device: torch.device,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     optimizer: torch.optim.Optimizer | None = None,
     progress: Callable[..., Any] | None = None,
+    start_step: int = 0,
+    totals: dict[str, float] | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
+    reseed: Callable[[int], torch.Generator] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; trains when an optimizer is given, else evaluates under no_grad.
 
     Returns the example-weighted means of loss, recon, kl and neg_elbo over all workers,
     plus the β in force at the end of the epoch.
+
+    Mid-epoch checkpoints (training only): every ``checkpoint_every`` steps, ``on_checkpoint(step,
+    totals)`` gets the running totals summed over all workers. A run resumed from such a checkpoint
+    passes ``start_step`` and those ``totals`` (on one worker only). ``reseed(step)`` gives the
+    generator for the steps from ``step`` on, so the randomness after a checkpoint never depends on
+    the steps before it and a resumed epoch continues exactly.
 
     Raises:
         NonFiniteLossError: the loss or the gradient norm is NaN/inf (same step on every worker,
@@ -90,13 +101,17 @@ def run_epoch(
     model.train(train)
     bare = unwrap(model)
     n_steps = len(loader) if hasattr(loader, "__len__") else None
-    sums = dict.fromkeys(METRICS, 0.0) | {"n": 0.0}
+    sums = dict.fromkeys(METRICS, 0.0) | {"n": 0.0} | (totals or {})
+    if reseed is not None:
+        generator = reseed(start_step)
     beta = config.loss.beta
     desc = f"epoch {epoch + 1}/{config.train.epochs} {'train' if train else 'val'}"
     bar = progress(total=n_steps, desc=desc) if progress else None
     clip = config.train.grad_clip if config.train.grad_clip > 0 else math.inf
     with torch.set_grad_enabled(train):
         for step, batch in enumerate(loader):
+            if step < start_step:  # trained on before the checkpoint this run resumed from
+                continue
             batch = to_device(batch, device)
             inputs = modality.model_inputs(batch, config.data, train=train, generator=generator)
             if train:
@@ -123,6 +138,11 @@ def run_epoch(
             sums["n"] += n
             for key in METRICS:
                 sums[key] += getattr(terms, key).item() * n
+            done = step + 1
+            if train and checkpoint_every and done % checkpoint_every == 0 and (n_steps is None or done < n_steps):
+                on_checkpoint(done, _reduce(dict(sums), device))
+                if reseed is not None:
+                    generator = reseed(done)
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:

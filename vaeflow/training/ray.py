@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -59,7 +60,8 @@ class FitResult:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one.
+    """Connect to the cluster in ``RAY_ADDRESS`` (set under ``ray job submit``; ``auto`` joins the
+    cluster ``ray start`` runs on this machine) or start a private local one.
 
     A local cluster's dashboard binds to 127.0.0.1.
     """
@@ -68,7 +70,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+        # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
 
 
 def _progress_factory(rank: int) -> Any:
@@ -92,13 +95,15 @@ def _train_worker(cfg: dict[str, Any]) -> None:
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = build_model(config.model, cfg["input_spec"])
-    optimizer_state, start_epoch, history = None, 0, []
+    # A checkpoint's "epoch" counts finished epochs; "step" > 0 marks one taken inside the next epoch.
+    optimizer_state, start_epoch, start_step, totals, history = None, 0, 0, None, []
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
             state = checkpoint.load(d)
         model.load_state_dict(state["model"])
         optimizer_state, start_epoch, history = state["optimizer"], state["epoch"], state["history"]
+        start_step, totals = state.get("step", 0), state.get("totals")
     model = ray.train.torch.prepare_model(model)  # moves to device, wraps in DDP when world > 1
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     if optimizer_state is not None:
@@ -115,14 +120,35 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
     val_loader = DataLoader(val_ds, batch_size=per_worker, sampler=val_sampler, collate_fn=collate)
 
+    def report(metrics: dict[str, float], **state: Any) -> None:
+        """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.save(
+                Path(tmp) / checkpoint.FILENAME, model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                history=history, config=cfg["config"], input_spec=cfg["input_spec"], mlflow_run_id=cfg["run_id"], **state,
+            )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
     progress = _progress_factory(rank) if cfg.get("progress", True) else None
     for epoch in range(start_epoch, config.train.epochs):
         sampler.set_epoch(epoch)
         started = time.perf_counter()
+
+        def mid_epoch(step: int, sums: dict[str, float], epoch: int = epoch) -> None:
+            # Scored +inf: never the "best" checkpoint, but kept as the latest for resume.
+            report({"epoch": epoch, "step": step, "partial": 1.0, SCORE: math.inf}, epoch=epoch, step=step, totals=sums)
+
         train = run_epoch(
             model, train_loader, modality, config, epoch=epoch, device=device, optimizer=optimizer,
-            generator=seeded_generator(device, config.seed, "train", epoch, rank), progress=progress,
+            # A step after a mid-epoch checkpoint draws from its own stream (seeded by the step).
+            generator=None, progress=progress, start_step=start_step, totals=totals if rank == 0 else None,
+            checkpoint_every=config.train.checkpoint_every_steps, on_checkpoint=mid_epoch,
+            reseed=lambda step, epoch=epoch: seeded_generator(device, config.seed, "train", epoch, rank, *([step] if step else [])),
         )
+        start_step, totals = 0, None
         seconds = time.perf_counter() - started
         # The same fixed binarisation of the validation set every epoch.
         val = run_epoch(
@@ -136,15 +162,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         if rank == 0:
             print(f"epoch {epoch + 1}/{config.train.epochs}: train −ELBO {train['neg_elbo']:.2f}, "
                   f"val −ELBO {val['neg_elbo']:.2f} (KL {val['kl']:.2f}), {seconds:.1f} s", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint.save(
-                    Path(tmp) / checkpoint.FILENAME,
-                    model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                    history=history, config=cfg["config"], input_spec=cfg["input_spec"], mlflow_run_id=cfg["run_id"],
-                )
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(row)  # a barrier: every worker reports every epoch
+        report(row, epoch=epoch + 1, step=0)
 
 
 class _EpochMetricsToMlflow(ray.train.UserCallback):
@@ -165,6 +183,8 @@ class _EpochMetricsToMlflow(ray.train.UserCallback):
         if self._logged is None:
             self._logged = {m.step for m in client.get_metric_history(self.run_id, SCORE)}
         row = metrics[0]  # every rank reports the same all-reduced row
+        if row.get("partial"):  # a mid-epoch checkpoint: the epoch's metrics come at its end
+            return
         step = int(row["epoch"])
         if step not in self._logged:
             tracking.log_metrics(client, self.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=step)

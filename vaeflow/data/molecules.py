@@ -1,0 +1,656 @@
+"""Molecule modality: SMILES → RDKit Mol → torch-geometric graph + SELFIES tokens + properties.
+
+Data sets: MOSES (Polykovskiy et al. 2020), read from the data folder of the PyPI package
+``molsets`` (``pip install --no-deps molsets``), and QM9 SMILES fetched and verified by
+``vaeflow.data.download`` like the images.
+
+Processed layout (``data/processed/molecule/``): ``{train,val,test[,test_scaffolds]}.pt`` each a
+dict of collated tensors plus slices (PyG ``InMemoryDataset`` style: one tensor per field for the
+whole split, ``node_ptr`` / ``edge_ptr`` offsets per molecule), loadable with
+``torch.load(weights_only=True)``; ``spec.json`` (feature sizes, SELFIES vocabulary, property
+statistics); ``rejects.csv`` (every dropped record with its split, line and reason).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import gzip
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vaeflow import chem
+from vaeflow.config import DataConfig
+from vaeflow.data.base import Modality, ModelInputs
+from vaeflow.data.download import RemoteFile, fetch
+from vaeflow.io import atomic_path
+from vaeflow.registry import DATASETS, MODALITIES
+
+log = logging.getLogger(__name__)
+
+# --- featurisation --------------------------------------------------------------------------------
+
+# Categorical atom features; every column's last value is "other" so no value is ever dropped silently.
+FORMAL_CHARGES = (-1, 0, 1)
+NUM_HS = (0, 1, 2, 3)
+HYBRIDISATIONS = ("SP", "SP2", "SP3")
+BOND_TYPES = ("SINGLE", "DOUBLE", "TRIPLE", "AROMATIC")
+ATOM_FEATURES = ("element", "formal_charge", "aromatic", "num_hs", "hybridisation", "in_ring")
+BOND_FEATURES = ("bond_type", "conjugated", "in_ring")
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIALS = (PAD, BOS, EOS)
+
+
+def _index(values: Sequence[Any], value: Any) -> int:
+    """Position of ``value`` in ``values``, or ``len(values)`` (the "other" bucket)."""
+    try:
+        return values.index(value)
+    except ValueError:
+        return len(values)
+
+
+def atom_feature_sizes(elements: Sequence[str]) -> list[int]:
+    return [len(elements), len(FORMAL_CHARGES) + 1, 2, len(NUM_HS) + 1, len(HYBRIDISATIONS) + 1, 2]
+
+
+def bond_feature_sizes() -> list[int]:
+    return [len(BOND_TYPES), 2, 2]
+
+
+class Rejected(ValueError):
+    """A record that cannot be used; the message is the reason written to rejects.csv."""
+
+
+@dataclasses.dataclass
+class Featurised:
+    """One molecule, ready to store.
+
+    Shapes:
+        atoms: (n_atoms, len(ATOM_FEATURES)) int8; edge_index: (2, 2 * n_bonds) int64 (both
+        directions); bonds: (2 * n_bonds, len(BOND_FEATURES)) int8; properties: (len(chem.PROPERTIES),).
+    """
+
+    smiles: str  # RDKit canonical SMILES
+    selfies: str
+    atoms: np.ndarray
+    edge_index: np.ndarray
+    bonds: np.ndarray
+    properties: np.ndarray
+
+
+def featurise(smiles: str, elements: Sequence[str], max_atoms: int) -> Featurised:
+    """Parse, sanitise and featurise one SMILES.
+
+    Aromaticity is kept in the graph features (RDKit's sanitised, aromatic form); the SELFIES string
+    is encoded from an explicitly kekulised copy, since SELFIES has no aromatic bond symbols.
+
+    Raises:
+        Rejected: empty line, unparsable or unsanitisable SMILES, more than one fragment, an element
+            outside ``elements``, more than ``max_atoms`` heavy atoms, or no kekulé/SELFIES form.
+    """
+    import selfies as sf
+    from rdkit import Chem
+
+    smiles = smiles.strip()
+    if not smiles:
+        raise Rejected("empty line")
+    mol = chem.mol_from_smiles(smiles)
+    if mol is None:
+        raise Rejected("unparsable SMILES")
+    if mol.GetNumAtoms() == 0:
+        raise Rejected("no atoms")
+    if len(Chem.GetMolFrags(mol)) > 1:
+        raise Rejected("more than one fragment")
+    if mol.GetNumAtoms() > max_atoms:
+        raise Rejected(f"{mol.GetNumAtoms()} heavy atoms > max_atoms {max_atoms}")
+    atoms = []
+    for atom in mol.GetAtoms():
+        symbol = atom.GetSymbol()
+        if symbol not in elements:
+            raise Rejected(f"unsupported element {symbol}")
+        atoms.append((
+            elements.index(symbol),
+            _index(FORMAL_CHARGES, atom.GetFormalCharge()),
+            int(atom.GetIsAromatic()),
+            _index(NUM_HS, atom.GetTotalNumHs()),
+            _index(HYBRIDISATIONS, str(atom.GetHybridization())),
+            int(atom.IsInRing()),
+        ))
+    src, dst, bonds = [], [], []
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        kind = str(bond.GetBondType())
+        if kind not in BOND_TYPES:
+            raise Rejected(f"unsupported bond type {kind}")
+        feat = (BOND_TYPES.index(kind), int(bond.GetIsConjugated()), int(bond.IsInRing()))
+        src += [i, j]
+        dst += [j, i]
+        bonds += [feat, feat]
+    canonical = Chem.MolToSmiles(mol)
+    kekule = Chem.Mol(mol)
+    try:
+        Chem.Kekulize(kekule, clearAromaticFlags=True)
+        selfies = sf.encoder(Chem.MolToSmiles(kekule, kekuleSmiles=True))
+    except (ValueError, RuntimeError, sf.EncoderError) as exc:
+        raise Rejected(f"no kekulé/SELFIES form ({type(exc).__name__})") from None
+    if not selfies:
+        raise Rejected("empty SELFIES")
+    return Featurised(
+        smiles=canonical,
+        selfies=selfies,
+        atoms=np.asarray(atoms, dtype=np.int8).reshape(-1, len(ATOM_FEATURES)),
+        edge_index=np.asarray([src, dst], dtype=np.int64).reshape(2, -1),
+        bonds=np.asarray(bonds, dtype=np.int8).reshape(-1, len(BOND_FEATURES)),
+        properties=np.asarray(chem.properties(mol), dtype=np.float32),
+    )
+
+
+@dataclasses.dataclass
+class Chunk:
+    """Featurised molecules of one chunk, concatenated (what a worker sends back)."""
+
+    lines: list[int]
+    smiles: list[str]
+    selfies: list[str]
+    atoms: np.ndarray  # (n_atoms_total, F_atom) int8
+    edge_index: np.ndarray  # (2, n_edges_total) int64, local to each molecule
+    bonds: np.ndarray  # (n_edges_total, F_bond) int8
+    n_atoms: np.ndarray  # (n,) int64
+    n_edges: np.ndarray  # (n,) int64
+    properties: np.ndarray  # (n, P) float32
+    rejects: list[tuple[int, str, str]]  # (line, smiles, reason)
+
+
+def featurise_chunk(records: list[tuple[int, str]], elements: Sequence[str], max_atoms: int) -> Chunk:
+    """Featurise ``(line, smiles)`` records; bad ones become rejects with their reason."""
+    chem.quiet_rdkit()
+    good: list[tuple[int, Featurised]] = []
+    rejects = []
+    for line, smiles in records:
+        try:
+            good.append((line, featurise(smiles, elements, max_atoms)))
+        except Rejected as exc:
+            rejects.append((line, smiles.strip(), str(exc)))
+    mols = [m for _, m in good]
+    cat = lambda arrays, shape: np.concatenate(arrays) if arrays else np.zeros(shape, dtype=np.int8)  # noqa: E731
+    return Chunk(
+        lines=[line for line, _ in good],
+        smiles=[m.smiles for m in mols],
+        selfies=[m.selfies for m in mols],
+        atoms=cat([m.atoms for m in mols], (0, len(ATOM_FEATURES))),
+        edge_index=np.concatenate([m.edge_index for m in mols], 1) if mols else np.zeros((2, 0), np.int64),
+        bonds=cat([m.bonds for m in mols], (0, len(BOND_FEATURES))),
+        n_atoms=np.asarray([len(m.atoms) for m in mols], dtype=np.int64),
+        n_edges=np.asarray([m.edge_index.shape[1] for m in mols], dtype=np.int64),
+        properties=np.asarray([m.properties for m in mols], dtype=np.float32).reshape(-1, len(chem.PROPERTIES)),
+        rejects=rejects,
+    )
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MoleculeSource:
+    """A SMILES data set: where its splits come from and what molecules it admits.
+
+    Attributes:
+        elements: the atom vocabulary; molecules with other elements are rejected.
+        max_atoms: heavy-atom limit; larger molecules are rejected.
+        official: split name → a function returning the path of a CSV file with a ``smiles``
+            column (any case; ``.gz`` allowed). Splits missing here are cut from ``train`` with the seed.
+        test_fraction: share of ``train`` held out as ``test`` when there is no official test split.
+        reference_stats: split name → file of MOSES reference statistics (FCD, SNN, Frag, Scaf,
+            properties) for the *whole* official split, used by the evaluation when present.
+    """
+
+    elements: tuple[str, ...]
+    max_atoms: int
+    official: dict[str, Callable[[], Path]]
+    test_fraction: float = 0.0
+    reference_stats: dict[str, Callable[[], Path]] = dataclasses.field(default_factory=dict)
+    canonical: bool = False  # the files hold RDKit canonical SMILES already (MOSES does)
+
+
+def _moses(name: str) -> Callable[[], Path]:
+    return lambda: chem.molsets_data_dir() / name
+
+
+# MOSES's filters admit C, N, S, O, F, Cl, Br, H only; its molecules have at most 27 heavy atoms.
+DATASETS.register("moses")(MoleculeSource(
+    elements=("C", "N", "O", "S", "F", "Cl", "Br"),
+    max_atoms=32,
+    official={"train": _moses("train.csv.gz"), "test": _moses("test.csv.gz"),
+              "test_scaffolds": _moses("test_scaffolds.csv.gz")},
+    reference_stats={"test": _moses("test_stats.npz"), "test_scaffolds": _moses("test_scaffolds_stats.npz")},
+    canonical=True,
+))
+
+QM9_FILE = RemoteFile(
+    folder="qm9",
+    name="qm9_selfies_tests.csv",
+    # DeepChem's qm9.csv holds the same 133,885 molecules in its `smiles` column, among others. The
+    # digest is that of the single-column copy the project's mirror holds (no network was available to
+    # take upstream's): a fresh download fails verification until upstream's sha256 is added here.
+    url="https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/qm9.csv",
+    sha256="80c060e299a44112b89be3fc6d95145dfeda97aa3eab1e2662aafdfbb00f7929",
+)
+DATASETS.register("qm9")(MoleculeSource(
+    elements=("C", "N", "O", "F"),
+    max_atoms=9,
+    official={"train": lambda: fetch(QM9_FILE)},
+    test_fraction=0.1,
+))
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+
+
+def _count_records(path: Path) -> int:
+    with _open_text(path) as f:
+        return sum(1 for _ in f) - 1  # minus the header
+
+
+def smiles_column(header: str, path: Path) -> int:
+    """Index of the ``smiles`` column (any case) in a CSV header line."""
+    names = [h.strip().lower() for h in header.rstrip("\n").split(",")]
+    if "smiles" not in names:
+        raise ValueError(f"{path}: no 'smiles' column in its header {header.strip()!r}")
+    return names.index("smiles")
+
+
+def _stream(path: Path, keep: np.ndarray, chunk_size: int) -> Iterator[list[tuple[int, str]]]:
+    """Chunks of (line number, SMILES) for the record indices in ``keep`` (sorted), read lazily."""
+    wanted = iter(keep.tolist())
+    target = next(wanted, None)
+    chunk: list[tuple[int, str]] = []
+    with _open_text(path) as f:
+        column = smiles_column(next(f, ""), path)
+        for i, line in enumerate(f):
+            if target is None:
+                break
+            if i != target:
+                continue
+            fields = line.rstrip("\n").split(",")
+            chunk.append((i + 2, fields[column] if len(fields) > column else ""))  # 1-based, after the header
+            target = next(wanted, None)
+            if len(chunk) == chunk_size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def plan_splits(source: MoleculeSource, config: DataConfig, seed: int) -> dict[str, tuple[Path, np.ndarray]]:
+    """Which records of which file make each split: ``{split: (file, sorted record indices)}``."""
+    rng = np.random.default_rng(seed)
+    train_file = source.official["train"]()
+    n = _count_records(train_file)
+    order = rng.permutation(n)
+    plan: dict[str, tuple[Path, np.ndarray]] = {}
+    n_test = 0 if "test" in source.official else int(round(source.test_fraction * n))
+    if not 0 <= config.val_size < n - n_test:
+        raise ValueError(f"data.val_size must be in [0, {n - n_test}), got {config.val_size}")
+    test_idx = np.sort(order[:n_test])
+    val_idx = np.sort(order[n_test : n_test + config.val_size])
+    train_idx = np.sort(order[n_test + config.val_size :])
+    plan["train"] = (train_file, train_idx[_subset(len(train_idx), config.limit_train, rng)])
+    plan["val"] = (train_file, val_idx)
+    if n_test:
+        plan["test"] = (train_file, test_idx[_subset(len(test_idx), config.limit_test, rng)])
+    for split, file in source.official.items():
+        if split != "train":
+            path = file()
+            plan[split] = (path, _subset(_count_records(path), config.limit_test, rng))
+    return plan
+
+
+# --- parallel map over chunks ---------------------------------------------------------------------
+
+
+def _map_chunks(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str], max_atoms: int,
+                *, total: int, chunk_size: int, desc: str, progress: bool) -> Iterator[Chunk]:
+    """Featurise chunks in parallel, in order, with at most a few chunks in flight (bounded memory).
+
+    On a Ray cluster (``RAY_ADDRESS`` set, or Ray already initialised) the chunks are Ray tasks
+    spread over the cluster; otherwise a process pool uses every local core.
+    """
+    bar = tqdm(total=total, desc=desc, unit="mol", disable=not progress, smoothing=0.1)
+    use_ray = os.environ.get("RAY_ADDRESS", "local") != "local"  # "local" asks for a new local cluster: use the pool
+    try:
+        import ray
+
+        use_ray = use_ray or ray.is_initialized()
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    if total <= chunk_size:  # one chunk: a pool would cost more than it saves
+        results = (featurise_chunk(c, elements, max_atoms) for c in chunks)
+    elif use_ray:
+        results = _map_ray(chunks, elements, max_atoms)
+    else:
+        results = _map_pool(chunks, elements, max_atoms)
+    for chunk in results:
+        bar.update(len(chunk.lines) + len(chunk.rejects))
+        yield chunk
+    bar.close()
+
+
+def _map_pool(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str], max_atoms: int) -> Iterator[Chunk]:
+    import functools
+    import multiprocessing as mp
+
+    workers = chem.cpu_count()
+    fn = functools.partial(featurise_chunk, elements=tuple(elements), max_atoms=max_atoms)
+    # imap keeps results in order and pulls chunks lazily from the reader.
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(fn, chunks)
+
+
+def _map_ray(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str], max_atoms: int) -> Iterator[Chunk]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    task = ray.remote(featurise_chunk)
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pending: list[Any] = []
+    for chunk in chunks:
+        pending.append(task.remote(chunk, tuple(elements), max_atoms))
+        if len(pending) >= window:
+            yield ray.get(pending.pop(0))
+    while pending:
+        yield ray.get(pending.pop(0))
+
+
+# --- storage --------------------------------------------------------------------------------------
+
+
+def _collate_chunks(chunks: list[Chunk]) -> dict[str, Any]:
+    """Concatenate chunks into one InMemoryDataset-style dict (tensors + per-molecule offsets)."""
+    n_atoms = np.concatenate([c.n_atoms for c in chunks]) if chunks else np.zeros(0, np.int64)
+    n_edges = np.concatenate([c.n_edges for c in chunks]) if chunks else np.zeros(0, np.int64)
+    return {
+        "atoms": torch.from_numpy(np.concatenate([c.atoms for c in chunks])) if chunks else torch.zeros(0, len(ATOM_FEATURES), dtype=torch.int8),
+        "edge_index": torch.from_numpy(np.concatenate([c.edge_index for c in chunks], 1)) if chunks else torch.zeros(2, 0, dtype=torch.long),
+        "bonds": torch.from_numpy(np.concatenate([c.bonds for c in chunks])) if chunks else torch.zeros(0, len(BOND_FEATURES), dtype=torch.int8),
+        "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_atoms)])),
+        "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_edges)])),
+        "properties": torch.from_numpy(np.concatenate([c.properties for c in chunks])) if chunks else torch.zeros(0, len(chem.PROPERTIES)),
+        "smiles": [s for c in chunks for s in c.smiles],
+        "selfies": [s for c in chunks for s in c.selfies],
+    }
+
+
+def tokenize(selfies: Sequence[str], vocab: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+    """Token ids (N, L) padded with ``<pad>``, each row ending in ``<eos>``; indices of rows that use
+    tokens outside ``vocab`` (rejected: the model could not represent them)."""
+    import selfies as sf
+
+    stoi = {t: i for i, t in enumerate(vocab)}
+    rows, unknown = [], []
+    for i, s in enumerate(selfies):
+        ids = [stoi.get(t, -1) for t in sf.split_selfies(s)]
+        if -1 in ids:
+            unknown.append(i)
+            ids = []
+        rows.append(ids + [stoi[EOS]])
+    length = max((len(r) for r in rows), default=1)
+    out = torch.full((len(rows), length), stoi[PAD], dtype=torch.int16)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.int16)
+    return out, unknown
+
+
+def build_vocab(selfies: Sequence[str]) -> list[str]:
+    """SELFIES vocabulary of a training split: the special tokens, then every token seen, sorted."""
+    import selfies as sf
+
+    tokens: set[str] = set()
+    for s in selfies:
+        tokens.update(sf.split_selfies(s))
+    return [*SPECIALS, *sorted(tokens)]
+
+
+def _drop(data: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """``data`` without the molecules at ``rows`` (rebuilding the offsets)."""
+    if not rows:
+        return data
+    keep = np.setdiff1d(np.arange(len(data["smiles"])), rows)
+    node_ptr, edge_ptr = data["node_ptr"].numpy(), data["edge_ptr"].numpy()
+    atom_rows = np.concatenate([np.arange(node_ptr[i], node_ptr[i + 1]) for i in keep]) if len(keep) else np.zeros(0, np.int64)
+    edge_rows = np.concatenate([np.arange(edge_ptr[i], edge_ptr[i + 1]) for i in keep]) if len(keep) else np.zeros(0, np.int64)
+    n_atoms, n_edges = np.diff(node_ptr)[keep], np.diff(edge_ptr)[keep]
+    return data | {
+        "atoms": data["atoms"][atom_rows],
+        "edge_index": data["edge_index"][:, edge_rows],
+        "bonds": data["bonds"][edge_rows],
+        "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_atoms)])),
+        "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_edges)])),
+        "properties": data["properties"][keep],
+        "smiles": [data["smiles"][i] for i in keep],
+        "selfies": [data["selfies"][i] for i in keep],
+    }
+
+
+def _graph(f: Featurised) -> Any:
+    from torch_geometric.data import Data
+
+    return Data(x=torch.from_numpy(f.atoms).long(), edge_index=torch.from_numpy(f.edge_index),
+                edge_attr=torch.from_numpy(f.bonds).long(), num_nodes=len(f.atoms))
+
+
+@functools.cache
+def novelty_reference(dataset: str) -> frozenset[str]:
+    """Canonical SMILES of a data set's whole official training file (MOSES measures novelty against
+    its full training set, not a quick preset's subset)."""
+    source: MoleculeSource = DATASETS.get_or_raise(dataset, "data.dataset")
+    path = source.official["train"]()
+    with _open_text(path) as f:
+        column = smiles_column(next(f, ""), path)
+        raw = [line.rstrip("\n").split(",")[column] for line in f]
+    if source.canonical:
+        return frozenset(raw)
+    chem.quiet_rdkit()
+    return frozenset(filter(None, (chem.canonical(s) for s in raw)))
+
+
+class MoleculeDataset(torch.utils.data.Dataset):
+    """A processed split held as collated tensors; items are PyG ``Data`` built by slicing.
+
+    Each item has ``x`` (n_atoms, F_atom) long, ``edge_index`` (2, n_edges), ``edge_attr``
+    (n_edges, F_bond) long, ``tokens`` (1, L) long and ``properties`` (1, P) float (standardised).
+    """
+
+    def __init__(self, data: dict[str, Any], prop_mean: torch.Tensor, prop_std: torch.Tensor):
+        self.data = data
+        self.smiles: list[str] = data["smiles"]
+        self.props = (data["properties"] - prop_mean) / prop_std  # (N, P), standardised with train statistics
+
+    def __len__(self) -> int:
+        return len(self.smiles)
+
+    def __getitem__(self, i: int) -> Any:
+        from torch_geometric.data import Data
+
+        d = self.data
+        a0, a1 = int(d["node_ptr"][i]), int(d["node_ptr"][i + 1])
+        e0, e1 = int(d["edge_ptr"][i]), int(d["edge_ptr"][i + 1])
+        return Data(
+            x=d["atoms"][a0:a1].long(),
+            edge_index=d["edge_index"][:, e0:e1],
+            edge_attr=d["bonds"][e0:e1].long(),
+            tokens=d["tokens"][i : i + 1].long(),  # (1, L): PyG concatenates these into (B, L)
+            properties=self.props[i : i + 1],
+            num_nodes=a1 - a0,
+        )
+
+
+@dataclasses.dataclass
+class MoleculeTarget:
+    """What the molecule decoder's likelihood scores. Shapes: tokens (N, L) long; properties (N, P)."""
+
+    tokens: torch.Tensor
+    properties: torch.Tensor | None = None
+
+
+# --- the modality ---------------------------------------------------------------------------------
+
+
+def _read_spec(processed_dir: Path) -> dict[str, Any]:
+    path = Path(processed_dir) / "spec.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the prepare stage first (dvc repro prepare@molecule)")
+    return json.loads(path.read_text())
+
+
+def _pyg_collate(items: list[Any]) -> Any:
+    from torch_geometric.data import Batch
+
+    return Batch.from_data_list(items)
+
+
+@MODALITIES.register("molecule")
+class MoleculeModality(Modality):
+    """Graphs in, SELFIES out: a GNN encoder reads the molecular graph, an autoregressive decoder
+    writes SELFIES tokens (every token sequence decodes to a valid molecule, Krenn et al. 2020)."""
+
+    def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True,
+                chunk_size: int = 2000) -> dict[str, Any]:
+        source: MoleculeSource = DATASETS.get_or_raise(config.dataset, "data.dataset")
+        if not isinstance(source, MoleculeSource):
+            raise ValueError(f"data.dataset {config.dataset!r} is not a molecule data set; use moses or qm9")
+        plan = plan_splits(source, config, seed)
+        splits: dict[str, dict[str, Any]] = {}
+        rejects: list[tuple[str, int, str, str]] = []
+        for split, (path, keep) in plan.items():
+            chunks = []
+            for chunk in _map_chunks(_stream(path, keep, chunk_size), source.elements, source.max_atoms,
+                                     total=len(keep), chunk_size=chunk_size, desc=f"featurise {config.dataset} {split}", progress=progress):
+                chunks.append(chunk)
+                rejects += [(split, line, smi, why) for line, smi, why in chunk.rejects]
+            splits[split] = _collate_chunks(chunks)
+        vocab = build_vocab(splits["train"]["selfies"])
+        for split, data in splits.items():
+            tokens, unknown = tokenize(data["selfies"], vocab)
+            for i in unknown:
+                rejects.append((split, -1, data["smiles"][i], "SELFIES token not in the training vocabulary"))
+            keep = np.setdiff1d(np.arange(len(tokens)), unknown)
+            splits[split] = _drop(data, unknown) | {"tokens": tokens[keep]}
+        train = splits["train"]
+        if len(train["smiles"]) == 0:
+            raise ValueError(f"no usable training molecule in {config.dataset}; see the rejects file")
+        props = train["properties"].double()
+        spec = {
+            "dataset": config.dataset,
+            "elements": list(source.elements),
+            "max_atoms": source.max_atoms,
+            "atom_features": list(ATOM_FEATURES),
+            "atom_feature_sizes": atom_feature_sizes(source.elements),
+            "bond_features": list(BOND_FEATURES),
+            "bond_feature_sizes": bond_feature_sizes(),
+            "vocab": vocab,
+            "max_tokens": int(max(d["tokens"].shape[1] for d in splits.values())),
+            "properties": list(chem.PROPERTIES),
+            "property_mean": props.mean(0).tolist(),
+            "property_std": props.std(0).clamp(min=1e-6).tolist(),
+            "splits": sorted(splits),
+        }
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for split, data in splits.items():
+                torch.save(data, tmp / f"{split}.pt")
+            (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+            with open(tmp / "rejects.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["split", "line", "smiles", "reason"])
+                w.writerows(rejects)
+        reasons = Counter(_reason_kind(r[3]) for r in rejects)
+        return ({f"n_{split}": len(data["smiles"]) for split, data in splits.items()}
+                | {"rejected": len(rejects), "vocab_size": len(vocab)}
+                | {f"rejected_{k}": v for k, v in sorted(reasons.items())})
+
+    def load(self, processed_dir: Path, split: str) -> MoleculeDataset:
+        spec = _read_spec(processed_dir)
+        path = Path(processed_dir) / f"{split}.pt"
+        if split not in spec["splits"] or not path.is_file():
+            raise FileNotFoundError(f"{path} not found; splits of this data set: {spec['splits']}")
+        data = torch.load(path, weights_only=True)
+        return MoleculeDataset(data, torch.tensor(spec["property_mean"]), torch.tensor(spec["property_std"]))
+
+    def input_spec(self, processed_dir: Path) -> dict[str, Any]:
+        return _read_spec(processed_dir)
+
+    def collate_fn(self) -> Any:
+        return _pyg_collate
+
+    def model_inputs(self, batch: Any, config: DataConfig, *, train: bool,
+                     generator: torch.Generator | None) -> ModelInputs:
+        return ModelInputs(x=batch, target=MoleculeTarget(tokens=batch.tokens, properties=batch.properties))
+
+    def example_input(self, dataset: MoleculeDataset, n: int) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame({"SMILES": dataset.smiles[:n]})
+
+    def encoder_input(self, example: Any, spec: dict[str, Any]) -> Any:
+        """SMILES (a list, an array, or a DataFrame with a ``SMILES`` column) → a PyG ``Batch``."""
+        from torch_geometric.data import Batch
+
+        if hasattr(example, "columns"):
+            if "SMILES" not in example.columns:
+                raise ValueError(f"expected a SMILES column, got columns {list(example.columns)}")
+            example = example["SMILES"]
+        items = []
+        for s in [str(v) for v in list(example)]:
+            try:
+                f = featurise(s, spec["elements"], spec["max_atoms"])
+            except Rejected as exc:
+                raise ValueError(f"cannot encode {s!r}: {exc}") from None
+            items.append(_graph(f))
+        return Batch.from_data_list(items)
+
+    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+        from vaeflow import molecules
+
+        return molecules.write_samples(model, config, out_dir, generator)
+
+    def evaluation_figures(self, model: Any, dataset: MoleculeDataset, spec: dict[str, Any],
+                           out_dir: Path, generator: torch.Generator) -> list[Path]:
+        from vaeflow import molecules
+
+        return molecules.evaluation_figures(model, dataset, spec, out_dir, generator)
+
+    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                           generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
+        from vaeflow import molecules
+
+        return molecules.evaluation_metrics(self, model, config, paths, out_dir, generator, progress=progress)
+
+
+def _reason_kind(reason: str) -> str:
+    """A short key for a reject reason (counts in the stage's metrics JSON)."""
+    for key, kind in (("empty", "empty"), ("unparsable", "unparsable"), ("element", "element"),
+                      ("max_atoms", "too_large"), ("fragment", "fragments"), ("vocabulary", "vocab"),
+                      ("SELFIES", "selfies"), ("bond", "bond")):
+        if key in reason:
+            return kind
+    return "other"

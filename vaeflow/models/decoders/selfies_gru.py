@@ -1,0 +1,166 @@
+"""Autoregressive GRU decoder over SELFIES tokens, with an optional property head on z."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaeflow.models.outputs import DecoderOutput
+from vaeflow.registry import DECODERS
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+
+
+@DECODERS.register("selfies_gru")
+class SelfiesGRUDecoder(nn.Module):
+    """z → GRU over SELFIES tokens (Gómez-Bombarelli et al. 2018 with SELFIES, Krenn et al. 2020,
+    https://arxiv.org/abs/1905.13741): any token sequence decodes to a valid molecule.
+
+    With a target, ``forward`` is teacher-forced and returns logits; without one it returns the
+    code that ``generate`` starts from. The likelihood is categorical over tokens (padding after
+    ``<eos>`` masked out) times, when ``predict_properties``, a Gaussian over the standardised
+    properties (logP, QED, SA, weight) predicted from z by a small head: p(x, y | z) = p(x | z) p(y | z).
+
+    Args:
+        input_spec: the data's spec (``vocab`` as a list of strings, ``max_tokens``, ``properties``).
+        latent_dim: size of z.
+        cond_dim: size of the condition vector concatenated to z; 0 for none.
+        embed: token embedding width.
+        hidden: GRU width.
+        layers: GRU layers.
+        dropout: dropout between GRU layers and on token embeddings while teacher forcing.
+        max_len: longest generated sequence (tokens, ``<eos>`` included); None uses the data's longest.
+        temperature: softmax temperature when sampling tokens (``generate(mean=False)``).
+        predict_properties: add the property head and its likelihood term.
+
+    Shapes:
+        z: (N, latent_dim); cond: (N, cond_dim); target.tokens: (N, L) → params: (N, L, V) logits
+        (or (N, latent_dim + cond_dim) without a target); aux: (N, P) property predictions.
+    """
+
+    likelihood = "categorical"
+
+    def __init__(
+        self,
+        *,
+        input_spec: dict[str, Any],
+        latent_dim: int,
+        cond_dim: int = 0,
+        embed: int = 64,
+        hidden: int = 256,
+        layers: int = 2,
+        dropout: float = 0.0,
+        max_len: int | None = None,
+        temperature: float = 1.0,
+        predict_properties: bool = True,
+    ):
+        super().__init__()
+        self.vocab: list[str] = list(input_spec["vocab"])
+        self.pad, self.bos, self.eos = (self.vocab.index(t) for t in (PAD, BOS, EOS))
+        self.max_len = int(max_len or input_spec["max_tokens"])
+        self.temperature = temperature
+        self.layers, self.hidden = layers, hidden
+        code = latent_dim + cond_dim
+        v = len(self.vocab)
+        self.embed = nn.Embedding(v, embed, padding_idx=self.pad)
+        self.init = nn.Linear(code, layers * hidden)
+        self.gru = nn.GRU(embed + code, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, v)
+        n_props = len(input_spec.get("properties", ())) if predict_properties else 0
+        self.property_head = nn.Sequential(nn.Linear(code, hidden), nn.SiLU(), nn.Linear(hidden, n_props)) if n_props else None
+        # Learned log standard deviation of each standardised property.
+        self.property_log_scale = nn.Parameter(torch.zeros(n_props)) if n_props else None
+        # The first token must be an atom: an opening ring/branch token could decode to an empty molecule.
+        first = torch.tensor([not (t in (PAD, BOS, EOS) or t.startswith(("[Ring", "[Branch", "[=Ring", "[=Branch",
+                                                                          "[#Ring", "[#Branch")))
+                              for t in self.vocab])
+        self.register_buffer("first_allowed", first, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in (self.embed, self.init, self.gru, self.out):
+            m.reset_parameters()
+        if self.property_head is not None:
+            for m in self.property_head:
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+            nn.init.zeros_(self.property_log_scale)
+        with torch.no_grad():
+            self.embed.weight[self.pad].zero_()
+
+    def _code(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([z, cond], -1) if cond is not None else z
+
+    def _h0(self, code: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.init(code)).view(-1, self.layers, self.hidden).transpose(0, 1).contiguous()  # (layers, N, H)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, target: Any = None) -> DecoderOutput:
+        code = self._code(z, cond)
+        aux = self.property_head(code) if self.property_head is not None else None
+        if target is None:
+            return DecoderOutput(params=code, aux=aux)
+        tokens = target.tokens.long()  # (N, L)
+        inputs = torch.cat([torch.full_like(tokens[:, :1], self.bos), tokens[:, :-1]], 1)  # shift right: <bos> t1 … t_{L-1}
+        e = self.drop(self.embed(inputs))  # (N, L, E)
+        e = torch.cat([e, code[:, None].expand(-1, e.shape[1], -1)], -1)  # z at every step: (N, L, E + code)
+        h, _ = self.gru(e, self._h0(code))
+        return DecoderOutput(params=self.out(self.drop(h)), aux=aux)  # (N, L, V)
+
+    def log_prob(self, output: DecoderOutput, target: Any) -> torch.Tensor:
+        """log p(tokens | z) [+ log p(properties | z)], summed over tokens and properties.
+
+        Shapes:
+            output.params: (..., N, L, V); target.tokens: (N, L) → (..., N)
+        """
+        logits = output.params
+        tokens = target.tokens.long().expand(logits.shape[:-1])
+        lp = -F.cross_entropy(logits.flatten(0, -2), tokens.flatten(), reduction="none").view(tokens.shape)
+        lp = (lp * (tokens != self.pad)).sum(-1)
+        if output.aux is not None and getattr(target, "properties", None) is not None:
+            log_sigma = self.property_log_scale
+            y = target.properties.expand_as(output.aux)
+            lp = lp + (-0.5 * (((y - output.aux) / log_sigma.exp()) ** 2 + 2 * log_sigma + math.log(2 * math.pi))).sum(-1)
+        return lp
+
+    def mean(self, output: DecoderOutput) -> torch.Tensor:
+        """The greedy (most likely token at each step) sequence. Shapes: (N, max_len) token ids."""
+        return self.generate(output, None, mean=True)
+
+    @torch.no_grad()
+    def generate(self, output: DecoderOutput, generator: torch.Generator | None = None, *, mean: bool = True) -> torch.Tensor:
+        """Token ids, greedy (``mean``) or sampled at ``temperature``; ``<pad>`` after ``<eos>``.
+
+        Shapes:
+            output.params: (N, latent_dim + cond_dim) → (N, max_len) long
+        """
+        code = output.params
+        n = code.shape[0]
+        h = self._h0(code)
+        token = torch.full((n, 1), self.bos, dtype=torch.long, device=code.device)
+        out = torch.full((n, self.max_len), self.pad, dtype=torch.long, device=code.device)
+        done = torch.zeros(n, dtype=torch.bool, device=code.device)
+        banned_always = torch.zeros(len(self.vocab), dtype=torch.bool, device=code.device)
+        banned_always[[self.pad, self.bos]] = True
+        for t in range(self.max_len):
+            e = torch.cat([self.embed(token), code[:, None]], -1)  # (N, 1, E + code)
+            y, h = self.gru(e, h)
+            logits = self.out(y[:, 0]).float()  # (N, V)
+            banned = ~self.first_allowed if t == 0 else banned_always
+            logits = logits.masked_fill(banned, -math.inf)
+            if mean:
+                nxt = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits / self.temperature, -1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            nxt = torch.where(done, torch.full_like(nxt, self.pad), nxt)
+            out[:, t] = nxt
+            done |= nxt == self.eos
+            if done.all():
+                break
+            token = nxt[:, None]
+        return out

@@ -1,0 +1,253 @@
+"""Molecule generation as library functions: decode tokens, sample, evaluate, interpolate, optimise.
+
+Used by the molecule modality's sample/evaluate hooks and by ``vaeflow interpolate`` /
+``vaeflow optimize``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaeflow import chem, plots
+from vaeflow.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def tokens_to_smiles(tokens: torch.Tensor, vocab: Sequence[str]) -> list[str]:
+    """Token ids → SELFIES → SMILES (RDKit canonical). Shapes: tokens (N, L)."""
+    import selfies as sf
+
+    specials = {"<pad>", "<bos>", "<eos>"}
+    out = []
+    for row in tokens.tolist():
+        toks = []
+        for t in row:
+            if vocab[t] == "<eos>":
+                break
+            if vocab[t] not in specials:
+                toks.append(vocab[t])
+        smiles = sf.decoder("".join(toks)) or ""
+        out.append(chem.canonical(smiles) or smiles)
+    return out
+
+
+def decode_smiles(model: Any, z: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None) -> list[str]:
+    """Decode latent codes into SMILES. Shapes: z (N, latent_dim)."""
+    with torch.no_grad():
+        tokens = model.decoder.generate(model.decode(z), generator, mean=greedy)
+    return tokens_to_smiles(tokens.cpu(), model.decoder.vocab)
+
+
+def encode_smiles(model: Any, smiles: Sequence[str], spec: dict[str, Any]) -> torch.Tensor:
+    """Posterior means of SMILES strings. Shapes: → (N, latent_dim).
+
+    Raises:
+        ValueError: a SMILES cannot be featurised; the message names it and why.
+    """
+    from vaeflow.data.molecules import MoleculeModality
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model.encode(MoleculeModality().encoder_input(list(smiles), spec).to(device)).mu
+
+
+def property_rows(smiles: Sequence[str], train: set[str] | None) -> list[dict[str, Any]]:
+    """CSV rows: SMILES, canonical form, validity, novelty and the four MOSES properties."""
+    rows = []
+    for s in smiles:
+        mol = chem.mol_from_smiles(s)
+        row: dict[str, Any] = {"SMILES": s, "canonical": "", "valid": mol is not None, "novel": ""}
+        if mol is not None:
+            from rdkit import Chem
+
+            row["canonical"] = Chem.MolToSmiles(mol)
+            row["novel"] = "" if train is None else row["canonical"] not in train
+            row |= dict(zip(chem.PROPERTIES, (round(v, 4) for v in chem.properties(mol))))
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    fields = ["SMILES", "canonical", "valid", "novel", *chem.PROPERTIES]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def grid_image(smiles: Sequence[str], path: Path, *, n: int = 24, per_row: int = 6) -> None:
+    from rdkit import Chem
+    from rdkit.Chem import Draw
+
+    mols = [m for m in (chem.mol_from_smiles(s) for s in smiles[: 4 * n]) if m is not None][:n]
+    img = Draw.MolsToGridImage(mols, molsPerRow=per_row, subImgSize=(250, 200),
+                               legends=[Chem.MolToSmiles(m)[:40] for m in mols])
+    with atomic_path(path) as tmp:
+        img.save(str(tmp), format="PNG")
+
+
+def write_samples(model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+    """Draw ``config.sample.n`` molecules from the prior: ``samples.csv`` and ``samples_grid.png``."""
+    model.eval()
+    n, batch = config.sample.n, 1000
+    smiles: list[str] = []
+    device = next(model.parameters()).device
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        z = config.sample.temperature * torch.randn(m, model.latent_dim, generator=generator, device=device)
+        smiles += decode_smiles(model, z, greedy=False, generator=generator)
+    from vaeflow.data.molecules import novelty_reference
+
+    train = novelty_reference(config.data.dataset)
+    rows = property_rows(smiles, train)
+    write_csv(rows, out_dir / "samples.csv")
+    grid_image(smiles, out_dir / "samples_grid.png")
+    valid = [r for r in rows if r["valid"]]
+    canon = [r["canonical"] for r in valid]
+    return {"n_samples": n, "valid": len(valid) / n, "unique": len(set(canon)) / max(len(canon), 1),
+            "novel_vs_prepared_train": sum(bool(r["novel"]) for r in valid) / max(len(valid), 1)}
+
+
+@torch.no_grad()
+def reconstruction_accuracy(model: Any, dataset: Any, *, n: int, batch_size: int = 256) -> float:
+    """Share of test molecules whose greedy decoding from the posterior mean is the same molecule."""
+    from torch.utils.data import DataLoader, Subset
+
+    from vaeflow.data.molecules import _pyg_collate
+
+    model.eval()
+    device = next(model.parameters()).device
+    hits = total = 0
+    subset = Subset(dataset, range(min(n, len(dataset))))
+    for start, batch in zip(range(0, len(subset), batch_size), DataLoader(subset, batch_size=batch_size, collate_fn=_pyg_collate)):
+        mu = model.encode(batch.to(device)).mu
+        decoded = decode_smiles(model, mu, greedy=True)
+        for i, s in enumerate(decoded):
+            hits += s == dataset.smiles[start + i]
+            total += 1
+    return hits / max(total, 1)
+
+
+def evaluation_figures(model: Any, dataset: Any, spec: dict[str, Any], out_dir: Path,
+                       generator: torch.Generator) -> list[Path]:
+    """Interpolation between two test molecules as a grid image."""
+    if len(dataset) < 2:
+        return []
+    a, b = dataset.smiles[0], dataset.smiles[len(dataset) // 2]
+    path = out_dir / "interpolation.png"
+    grid_image([r["SMILES"] for r in interpolate(model, spec, a, b, steps=8)], path, n=8, per_row=8)
+    return [path]
+
+
+def property_plots(gen: dict[str, list[float]], ref: dict[str, Any], path: Path) -> None:
+    """Histograms of logP, SA, QED and weight: generated vs reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    for ax, name in zip(axes, ("logP", "SA", "QED", "weight")):
+        ax.hist(np.asarray(ref[name]["values"]), bins=50, density=True, alpha=0.5, label="test")
+        ax.hist(np.asarray(gen[name]), bins=50, density=True, alpha=0.5, label="generated")
+        ax.set_title(name)
+    axes[0].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def evaluation_metrics(modality: Any, model: Any, config: Any, paths: Any, out_dir: Path,
+                       generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
+    """MOSES metrics of the sample stage's molecules plus reconstruction accuracy; writes the metric
+    table (``moses_metrics.csv``) and property histograms (``properties.png``) into ``out_dir``."""
+    from vaeflow.data.molecules import DATASETS, MoleculeSource
+    from vaeflow.metrics import molecules as M
+
+    samples = Path(paths.samples) / "samples.csv"
+    if not samples.is_file():
+        raise FileNotFoundError(f"{samples} not found; run the sample stage first (dvc repro sample@molecule)")
+    with open(samples) as f:
+        rows = list(csv.DictReader(f))
+    gen = [row["SMILES"] for row in rows]
+    source: MoleculeSource = DATASETS.get_or_raise(config.data.dataset)
+    spec = modality.input_spec(paths.processed)
+    refs: dict[str, dict[str, Any]] = {}
+    names = {"test": "Test", "test_scaffolds": "TestSF"}
+    for split in ("test", "test_scaffolds"):
+        if split in source.reference_stats:
+            refs[names[split]] = M.load_reference(source.reference_stats[split]())
+        elif split in spec["splits"]:
+            refs[names[split]] = M.reference_statistics(modality.load(paths.processed, split).smiles)
+    from vaeflow.data.molecules import novelty_reference
+
+    train = novelty_reference(config.data.dataset)
+    metrics = M.metric_suite(gen, train=train, references=refs)
+    test = modality.load(paths.processed, "test")
+    metrics["recon_accuracy"] = reconstruction_accuracy(model, test, n=config.evaluate.iwae_examples or len(test))
+    with open(out_dir / "moses_metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["metric", "value"])
+        w.writerows(metrics.items())
+    valid = [r for r in rows if r["valid"] == "True"]
+    if refs and valid:  # the sample stage computed the properties already
+        gen_props = {name: [float(r[name]) for r in valid] for name in chem.PROPERTIES}
+        property_plots(gen_props, next(iter(refs.values())), out_dir / "properties.png")
+    return {M.mlflow_key(k): float(v) for k, v in metrics.items()}
+
+
+# --- latent-space operations ----------------------------------------------------------------------
+
+
+def interpolate(model: Any, spec: dict[str, Any], start: str, end: str, *, steps: int = 8) -> list[dict[str, Any]]:
+    """Greedy decodings along the straight line between two molecules' posterior means."""
+    mu = encode_smiles(model, [start, end], spec)  # (2, D)
+    t = torch.linspace(0, 1, steps, device=mu.device)[:, None]
+    path = (1 - t) * mu[0] + t * mu[1]  # (steps, D)
+    smiles = decode_smiles(model, path, greedy=True)
+    return [{"t": round(float(ti), 4), **row} for ti, row in zip(t[:, 0].tolist(), property_rows(smiles, None))]
+
+
+def optimize(model: Any, spec: dict[str, Any], start: str, *, prop: str = "QED", steps: int = 100, lr: float = 0.05,
+             maximize: bool = True, prior_weight: float = 0.1, every: int = 10) -> list[dict[str, Any]]:
+    """Gradient ascent on the property head's prediction from z (Gómez-Bombarelli et al. 2018),
+    starting at ``start``'s posterior mean, with a standard-normal prior penalty that keeps z where
+    the decoder was trained; the path is decoded greedily every ``every`` steps.
+
+    Raises:
+        ValueError: the model has no property head, or ``prop`` is not one of its properties.
+    """
+    decoder = model.decoder
+    if getattr(decoder, "property_head", None) is None:
+        raise ValueError("this model has no property head; train with model.decoder.predict_properties: true")
+    if prop not in spec["properties"]:
+        raise ValueError(f"unknown property {prop!r}; use one of {spec['properties']}")
+    j = spec["properties"].index(prop)
+    mean, std = spec["property_mean"][j], spec["property_std"][j]
+    sign = 1.0 if maximize else -1.0
+    z = encode_smiles(model, [start], spec).clone().requires_grad_(True)  # (1, D)
+    opt = torch.optim.Adam([z], lr=lr)
+    rows = []
+    for step in range(steps + 1):
+        pred = decoder.property_head(z)[0, j]
+        if step % every == 0 or step == steps:
+            (smiles,) = decode_smiles(model, z.detach(), greedy=True)
+            (row,) = property_rows([smiles], None)
+            rows.append({"step": step, "predicted": round(float(pred) * std + mean, 4), **row})
+        if step == steps:
+            break
+        loss = -sign * pred + prior_weight * 0.5 * (z**2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return rows
