@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import ray
 from ray.util.state import list_actors
 
 from vaeflow import tracking
@@ -30,7 +31,9 @@ def _kill_a_worker_after_first_checkpoint(run_dir, killed: list[int]) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not any(d.is_dir() for d in run_dir.glob("checkpoint_*")):
         time.sleep(0.02)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # The session's own cluster, by address: other Ray instances may run on the same machine.
+    workers = list_actors(address=ray.get_runtime_context().gcs_address,
+                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     if workers:
         pid = max(w.pid for w in workers)
         os.kill(pid, signal.SIGKILL)
