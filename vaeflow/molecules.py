@@ -7,7 +7,6 @@ Used by the molecule modality's sample/evaluate hooks and by ``vaeflow interpola
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaeflow import chem, plots
+from vaeflow import chem
 from vaeflow.io import atomic_path
 
 log = logging.getLogger(__name__)

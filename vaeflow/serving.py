@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import torch
 
 # Params a caller may pass to predict, with their defaults (also the signature's param schema).

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rdkit import Chem, DataStructs
+from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
