@@ -59,6 +59,8 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("train.batch_size=63", r"must be divisible by train\.num_workers"),
         ("train.epochs=0", r"train\.epochs must be ≥ 1"),
         ("train.epochs", r"must look like section\.key=value"),
+        ("sample.properties.logP=high", r"sample\.properties\.logP: expected float, got str 'high'"),
+        ("sample.properties=3", r"sample\.properties: expected a mapping, got int 3"),
     ],
 )
 def test_bad_config_names_the_key(override, message):

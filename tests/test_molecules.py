@@ -160,6 +160,90 @@ def test_decoder_yields_valid_molecules_from_random_z(mol_data):
         assert all(Chem.MolFromSmiles(s) is not None and Chem.MolFromSmiles(s).GetNumAtoms() > 0 for s in smiles)
 
 
+def _train_in_process(config: cfg.ExperimentConfig, root, epochs: int):
+    """A few epochs of the plain-torch loop (no Ray) on the prepared tiny set; returns the model."""
+    from torch.utils.data import DataLoader
+
+    from vaeflow.training.loop import run_epoch
+
+    processed = root / "data/processed/molecule"
+    modality = mol.MoleculeModality()
+    spec = modality.input_spec(processed)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, spec)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    loader = DataLoader(modality.load(processed, "train"), batch_size=32, shuffle=True,
+                        collate_fn=modality.collate_fn(), generator=torch.Generator().manual_seed(0))
+    for epoch in range(epochs):
+        run_epoch(model, loader, modality, config, epoch=epoch, device=torch.device("cpu"), optimizer=optimizer,
+                  generator=torch.Generator().manual_seed(epoch))
+    return model.eval(), spec
+
+
+def test_property_conditional_model_steers_generation(mol_data, tmp_path):
+    """model.conditional on molecules conditions encoder and decoder on the standardised properties;
+    asking for heavy molecules gives heavier ones than asking for light ones."""
+    root, _ = mol_data
+    config = mol_config(tmp_path, "model.conditional=true", "train.lr=0.003", "loss.warmup_epochs=0")
+    model, spec = _train_in_process(config, root, epochs=12)
+    assert model.condition_dim == len(spec["properties"]) and model.num_classes == 0
+    train = mol.MoleculeModality().load(root / "data/processed/molecule", "train").props
+    j = spec["properties"].index("weight")
+    mean, std = spec["property_mean"][j], spec["property_std"][j]
+    weights = {}
+    for name, target in (("light", mean - 1.5 * std), ("heavy", mean + 1.5 * std)):
+        g = torch.Generator().manual_seed(1)
+        cond = ops.sample_conditions(model, spec, {"weight": target}, 200, generator=g, train_properties=train)
+        assert torch.allclose(cond[:, j], torch.full((200,), -1.5 if name == "light" else 1.5), atol=1e-5)
+        others = [k for k in range(len(spec["properties"])) if k != j]
+        assert cond[:, others].std(0).min() > 0.3  # the other properties come from random training rows
+        smiles = ops.decode_smiles(model, torch.randn(200, config.model.latent_dim, generator=g), greedy=False,
+                                   generator=g, condition=cond)
+        rows = [r for r in ops.property_rows(smiles, None) if r["valid"]]
+        assert len(rows) == 200
+        weights[name] = float(np.mean([r["weight"] for r in rows]))
+    assert weights["heavy"] > weights["light"] + 0.5 * std, weights
+
+    # Interpolation runs between the two molecules' properties as well as their codes.
+    path = ops.interpolate(model, spec, "CCO", "CC(=O)Nc1ccc(O)cc1", steps=4)
+    assert len(path) == 4 and all(r["valid"] for r in path)
+
+    with pytest.raises(cfg.ConfigError, match="unknown property 'logp'"):
+        ops.sample_conditions(model, spec, {"logp": 1.0}, 4, generator=None)
+    plain = _tiny_model(spec)
+    assert ops.sample_conditions(plain, spec, {}, 4, generator=None) is None
+    with pytest.raises(cfg.ConfigError, match="not property-conditional"):
+        ops.sample_conditions(plain, spec, {"logP": 1.0}, 4, generator=None)
+
+
+def test_pyfunc_of_a_conditional_model_returns_smiles(mol_data, tmp_path):
+    """The registered pyfunc class on a real checkpoint: sample and reconstruct give SMILES; a
+    property target reaches the condition."""
+    import types
+
+    import pandas as pd
+
+    from vaeflow.serving import VAEPyfunc
+    from vaeflow.training import checkpoint
+
+    root, _ = mol_data
+    config = mol_config(tmp_path, "model.conditional=true")
+    model, spec = _train_in_process(config, root, epochs=1)
+    checkpoint.save(tmp_path / "model.pt", model=model.state_dict(), config=config.to_dict(), input_spec=spec)
+    pyfunc = VAEPyfunc()
+    pyfunc.load_context(types.SimpleNamespace(artifacts={"checkpoint": str(tmp_path / "model.pt")}))
+    out = pyfunc.predict(None, pd.DataFrame({"SMILES": []}), {"mode": "sample", "n": 8, "seed": 3,
+                                                              "properties": '{"QED": 0.9}'})
+    assert list(out.columns) == ["SMILES"] and len(out) == 8
+    assert all(Chem.MolFromSmiles(s) is not None for s in out["SMILES"])
+    j = spec["properties"].index("QED")
+    cond = pyfunc._condition(2, {"properties": '{"QED": 0.9}', "label": 0})
+    assert cond[:, j].tolist() == pytest.approx([(0.9 - spec["property_mean"][j]) / spec["property_std"][j]] * 2)
+    assert cond[:, [k for k in range(len(spec["properties"])) if k != j]].abs().max() == 0  # the rest at the mean
+    recon = pyfunc.predict(None, pd.DataFrame({"SMILES": ["CCO", "c1ccccc1O"]}), {"mode": "reconstruct"})
+    assert len(recon) == 2 and all(Chem.MolFromSmiles(s) is not None for s in recon["SMILES"])
+
+
 # --- the pipeline through Ray and MLflow ------------------------------------------------------------
 
 
@@ -208,6 +292,8 @@ def test_molecule_pipeline_two_workers_one_run(mol_project, ray_cluster):
     import pandas as pd
 
     assert model.predict(pd.DataFrame({"SMILES": ["CCO", "c1ccccc1"]})).shape == (2, config.model.latent_dim)
+    drawn = model.predict(pd.DataFrame({"SMILES": ["CCO"]}), params={"mode": "sample", "n": 5, "seed": 1})
+    assert len(drawn) == 5 and all(Chem.MolFromSmiles(s) is not None for s in drawn["SMILES"])
 
     # Latent operations on the trained model (library functions behind `vaeflow interpolate/optimize`).
     from vaeflow.training import checkpoint

@@ -132,6 +132,9 @@ class SampleConfig:
     n: int = 64
     # Scales the prior's standard deviation; 1.0 samples the model's own prior.
     temperature: float = 1.0
+    # Property targets for a property-conditional model (molecules: e.g. {logP: 3.0, QED: 0.8}, in
+    # real units); properties left out are drawn with the rest of a random training molecule's row.
+    properties: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +239,11 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        key_tp, item_tp = typing.get_args(tp) or (Any, Any)
+        return {check_type(k, key_tp, key): check_type(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple, Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")

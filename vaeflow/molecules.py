@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vaeflow import chem
+from vaeflow.config import ConfigError
 from vaeflow.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,18 @@ def tokens_to_smiles(tokens: torch.Tensor, vocab: Sequence[str]) -> list[str]:
     return out
 
 
-def decode_smiles(model: Any, z: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None) -> list[str]:
-    """Decode latent codes into SMILES. Shapes: z (N, latent_dim)."""
+def decode_smiles(model: Any, z: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None,
+                  condition: torch.Tensor | None = None) -> list[str]:
+    """Decode latent codes into SMILES. Shapes: z (N, latent_dim); condition (N, P) standardised
+    properties, for a property-conditional model only."""
     with torch.no_grad():
-        tokens = model.decoder.generate(model.decode(z), generator, mean=greedy)
+        tokens = model.decoder.generate(model.decode(z, condition), generator, mean=greedy)
     return tokens_to_smiles(tokens.cpu(), model.decoder.vocab)
 
 
-def encode_smiles(model: Any, smiles: Sequence[str], spec: dict[str, Any]) -> torch.Tensor:
-    """Posterior means of SMILES strings. Shapes: → (N, latent_dim).
+def encode_smiles(model: Any, smiles: Sequence[str], spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Posterior means of SMILES strings, and their condition (standardised properties) when the
+    model is property-conditional, else None. Shapes: → (N, latent_dim), (N, P).
 
     Raises:
         ValueError: a SMILES cannot be featurised; the message names it and why.
@@ -55,8 +59,42 @@ def encode_smiles(model: Any, smiles: Sequence[str], spec: dict[str, Any]) -> to
     from vaeflow.data.molecules import MoleculeModality
 
     device = next(model.parameters()).device
+    batch = MoleculeModality().encoder_input(list(smiles), spec).to(device)
+    condition = batch.properties if model.conditional else None
     with torch.no_grad():
-        return model.encode(MoleculeModality().encoder_input(list(smiles), spec).to(device)).mu
+        return model.encode(batch, condition).mu, condition
+
+
+def sample_conditions(model: Any, spec: dict[str, Any], targets: dict[str, float], n: int, *,
+                      generator: torch.Generator | None, train_properties: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Conditions for ``n`` samples of a property-conditional model, None for any other model.
+
+    With ``train_properties``, each row is a random training molecule's standardised properties, with
+    the properties named in ``targets`` (real units) replaced by the target, so unnamed properties keep
+    their joint distribution; without, unnamed properties sit at the training mean.
+    Shapes: train_properties (N_train, P) standardised → (n, P).
+
+    Raises:
+        ConfigError: a target names an unknown property, or the model is not property-conditional.
+    """
+    if not model.condition_dim:
+        if targets:
+            raise ConfigError("sample.properties is set but this model is not property-conditional; "
+                              "train with model.conditional: true, or remove sample.properties")
+        return None
+    names = spec["properties"]
+    unknown = sorted(set(targets) - set(names))
+    if unknown:
+        raise ConfigError(f"sample.properties: unknown property {unknown[0]!r}; use one of {names}")
+    if train_properties is None:
+        cond = torch.zeros(n, len(names))
+    else:
+        device = generator.device if generator is not None else "cpu"
+        cond = train_properties[torch.randint(len(train_properties), (n,), generator=generator, device=device).cpu()]
+    for name, value in targets.items():
+        j = names.index(name)
+        cond[:, j] = (float(value) - spec["property_mean"][j]) / spec["property_std"][j]
+    return cond.to(next(model.parameters()).device)
 
 
 def property_rows(smiles: Sequence[str], train: set[str] | None) -> list[dict[str, Any]]:
@@ -94,16 +132,26 @@ def grid_image(smiles: Sequence[str], path: Path, *, n: int = 24, per_row: int =
         img.save(str(tmp), format="PNG")
 
 
-def write_samples(model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
-    """Draw ``config.sample.n`` molecules from the prior: ``samples.csv`` and ``samples_grid.png``."""
+def write_samples(modality: Any, model: Any, config: Any, paths: Any, out_dir: Path,
+                  generator: torch.Generator) -> dict[str, Any]:
+    """Draw ``config.sample.n`` molecules from the prior: ``samples.csv`` and ``samples_grid.png``.
+
+    A property-conditional model samples under ``config.sample.properties`` (see ``sample_conditions``).
+    """
     model.eval()
     n, batch = config.sample.n, 1000
+    targets = dict(config.sample.properties)
+    condition = None
+    if model.condition_dim or targets:
+        train = modality.load(paths.processed, "train").props
+        condition = sample_conditions(model, model.input_spec, targets, n, generator=generator, train_properties=train)
     smiles: list[str] = []
     device = next(model.parameters()).device
     for start in range(0, n, batch):
         m = min(batch, n - start)
         z = config.sample.temperature * torch.randn(m, model.latent_dim, generator=generator, device=device)
-        smiles += decode_smiles(model, z, greedy=False, generator=generator)
+        c = None if condition is None else condition[start : start + m]
+        smiles += decode_smiles(model, z, greedy=False, generator=generator, condition=c)
     from vaeflow.data.molecules import novelty_reference
 
     train = novelty_reference(config.data.dataset)
@@ -128,8 +176,10 @@ def reconstruction_accuracy(model: Any, dataset: Any, *, n: int, batch_size: int
     hits = total = 0
     subset = Subset(dataset, range(min(n, len(dataset))))
     for start, batch in zip(range(0, len(subset), batch_size), DataLoader(subset, batch_size=batch_size, collate_fn=_pyg_collate)):
-        mu = model.encode(batch.to(device)).mu
-        decoded = decode_smiles(model, mu, greedy=True)
+        batch = batch.to(device)
+        condition = batch.properties if model.conditional else None
+        mu = model.encode(batch, condition).mu
+        decoded = decode_smiles(model, mu, greedy=True, condition=condition)
         for i, s in enumerate(decoded):
             hits += s == dataset.smiles[start + i]
             total += 1
@@ -209,11 +259,13 @@ def evaluation_metrics(modality: Any, model: Any, config: Any, paths: Any, out_d
 
 
 def interpolate(model: Any, spec: dict[str, Any], start: str, end: str, *, steps: int = 8) -> list[dict[str, Any]]:
-    """Greedy decodings along the straight line between two molecules' posterior means."""
-    mu = encode_smiles(model, [start, end], spec)  # (2, D)
+    """Greedy decodings along the straight line between two molecules' posterior means (and, for a
+    property-conditional model, between their properties)."""
+    mu, cond = encode_smiles(model, [start, end], spec)  # (2, D), (2, P) or None
     t = torch.linspace(0, 1, steps, device=mu.device)[:, None]
     path = (1 - t) * mu[0] + t * mu[1]  # (steps, D)
-    smiles = decode_smiles(model, path, greedy=True)
+    cond_path = None if cond is None else (1 - t) * cond[0] + t * cond[1]
+    smiles = decode_smiles(model, path, greedy=True, condition=cond_path)
     return [{"t": round(float(ti), 4), **row} for ti, row in zip(t[:, 0].tolist(), property_rows(smiles, None))]
 
 
@@ -234,13 +286,14 @@ def optimize(model: Any, spec: dict[str, Any], start: str, *, prop: str = "QED",
     j = spec["properties"].index(prop)
     mean, std = spec["property_mean"][j], spec["property_std"][j]
     sign = 1.0 if maximize else -1.0
-    z = encode_smiles(model, [start], spec).clone().requires_grad_(True)  # (1, D)
+    mu, cond = encode_smiles(model, [start], spec)  # a conditional model keeps the start's condition
+    z = mu.clone().requires_grad_(True)  # (1, D)
     opt = torch.optim.Adam([z], lr=lr)
     rows = []
     for step in range(steps + 1):
         pred = decoder.property_head(z)[0, j]
         if step % every == 0 or step == steps:
-            (smiles,) = decode_smiles(model, z.detach(), greedy=True)
+            (smiles,) = decode_smiles(model, z.detach(), greedy=True, condition=cond)
             (row,) = property_rows([smiles], None)
             rows.append({"step": step, "predicted": round(float(pred) * std + mean, 4), **row})
         if step == steps:

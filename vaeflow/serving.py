@@ -4,19 +4,26 @@ No pickled modules travel with the model; the checkpoint loads with ``weights_on
 ``predict`` answers three modes (chosen with the ``mode`` param):
 
 - ``encode``: inputs → posterior means, shape (N, latent_dim)
-- ``reconstruct``: inputs → decoded means, same shape as the inputs
+- ``reconstruct``: inputs → decoded means, same shape as the inputs (molecules: greedy SMILES)
 - ``sample``: ignores the rows; draws ``n`` samples with ``seed`` and ``temperature``
+  (molecules: a ``SMILES`` column)
+
+A class-conditional model takes ``label``; a property-conditional molecule model takes
+``properties``, a JSON object of targets in real units (e.g. ``{"logP": 3.0}``; properties left out
+are held at the training mean), and conditions encode/reconstruct on the inputs' own properties.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import mlflow.pyfunc
 import torch
 
 # Params a caller may pass to predict, with their defaults (also the signature's param schema).
-PREDICT_PARAMS: dict[str, Any] = {"mode": "encode", "n": 16, "seed": 0, "temperature": 1.0, "label": 0}
+PREDICT_PARAMS: dict[str, Any] = {"mode": "encode", "n": 16, "seed": 0, "temperature": 1.0, "label": 0,
+                                  "properties": "{}"}
 MODES = ("encode", "reconstruct", "sample")
 
 
@@ -30,8 +37,18 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
         self.spec = state["input_spec"]
         self.modality = registry.MODALITIES.get_or_raise(self.config.modality)()
 
-    def _labels(self, n: int, label: int) -> torch.Tensor | None:
-        return torch.full((n,), int(label), dtype=torch.long) if self.model.num_classes else None
+    def _condition(self, n: int, p: dict[str, Any], inputs: Any = None) -> torch.Tensor | None:
+        """The condition of a conditional model for n rows; None for an unconditional one."""
+        if self.model.num_classes:
+            return torch.full((n,), int(p["label"]), dtype=torch.long)
+        if not self.model.condition_dim:
+            return None
+        if inputs is not None:
+            return inputs.properties
+        from vaeflow.molecules import sample_conditions
+
+        targets = json.loads(p["properties"] or "{}")
+        return sample_conditions(self.model, self.spec, targets, n, generator=None)
 
     @torch.no_grad()
     def predict(self, context, model_input, params=None):  # no type hints: the signature is logged explicitly
@@ -40,12 +57,12 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"mode {p['mode']!r} is not one of {MODES}")
         if p["mode"] == "sample":
             g = torch.Generator().manual_seed(int(p["seed"]))
-            out = self.model.sample(int(p["n"]), generator=g, labels=self._labels(int(p["n"]), p["label"]),
+            out = self.model.sample(int(p["n"]), generator=g, labels=self._condition(int(p["n"]), p),
                                     temperature=float(p["temperature"]))
-            return out.numpy()
+            return self.modality.predictions(out, self.spec)
         x = self.modality.encoder_input(model_input, self.spec)
-        labels = self._labels(getattr(x, "num_graphs", None) or len(x), p["label"])
+        labels = self._condition(getattr(x, "num_graphs", None) or len(x), p, x if self.model.condition_dim else None)
         q = self.model.encode(x, labels)
         if p["mode"] == "encode":
             return q.mu.numpy()
-        return self.model.decoder.mean(self.model.decode(q.mu, labels)).numpy()
+        return self.modality.predictions(self.model.decoder.mean(self.model.decode(q.mu, labels)), self.spec)

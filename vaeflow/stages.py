@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vaeflow import registry, tracking
-from vaeflow.config import ExperimentConfig
+from vaeflow.config import ConfigError, ExperimentConfig
 from vaeflow.cluster import SUBMISSION_ENV
 from vaeflow.io import atomic_path, write_json
 from vaeflow.training import checkpoint
@@ -205,10 +205,13 @@ def _load_trained(paths: Paths, config: ExperimentConfig) -> tuple[Any, dict[str
 
 def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     model, run = _load_trained(paths, config)
+    if config.sample.properties and not model.condition_dim:
+        raise ConfigError("sample.properties is set but this model is not property-conditional (model.conditional: "
+                          "true on molecule data); remove sample.properties")
     generator = torch.Generator(device=_device(config)).manual_seed(config.seed)
     with atomic_path(paths.samples) as tmp:
         tmp.mkdir()
-        metrics = _modality(config).write_samples(model, config, tmp, generator)
+        metrics = _modality(config).write_samples(model, config, paths, tmp, generator)
     write_json(paths.metrics / "sample.json", metrics)
     c = tracking.client(config.tracking)
     c.log_artifacts(run["mlflow_run_id"], str(paths.samples), "samples")

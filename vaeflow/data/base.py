@@ -59,8 +59,11 @@ class Modality(abc.ABC):
         """``n`` inputs in the form the MLflow pyfunc model accepts (its signature's input example)."""
 
     @abc.abstractmethod
-    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
-        """Draw ``config.sample.n`` samples from the prior into ``out_dir``; return summary metrics."""
+    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                      generator: torch.Generator) -> dict[str, Any]:
+        """Draw ``config.sample.n`` samples from the prior into ``out_dir``; return summary metrics.
+
+        ``paths`` are the job's folders (``paths.processed``: the prepared data)."""
 
     @abc.abstractmethod
     def evaluation_figures(self, model: Any, dataset: torch.utils.data.Dataset, spec: dict[str, Any],
@@ -77,6 +80,10 @@ class Modality(abc.ABC):
         import numpy as np
 
         return torch.as_tensor(np.asarray(example, dtype=np.float32))
+
+    def predictions(self, generated: torch.Tensor, spec: dict[str, Any]) -> Any:
+        """What the pyfunc model returns for generated or reconstructed data; default: the array."""
+        return generated.cpu().numpy()
 
     def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
                            generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:

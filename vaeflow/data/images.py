@@ -194,7 +194,8 @@ class ImageModality(Modality):
     def example_input(self, dataset: ImageDataset, n: int) -> np.ndarray:
         return (dataset.x[:n].float() / 255.0).numpy()  # (n, C, H, W) float32 in [0, 1]
 
-    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                      generator: torch.Generator) -> dict[str, Any]:
         n = config.sample.n
         labels = torch.arange(n) % model.num_classes if model.num_classes else None
         images = model.sample(n, generator=generator, labels=labels, temperature=config.sample.temperature)

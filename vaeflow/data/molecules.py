@@ -597,14 +597,18 @@ class MoleculeModality(Modality):
         return MoleculeDataset(data, torch.tensor(spec["property_mean"]), torch.tensor(spec["property_std"]))
 
     def input_spec(self, processed_dir: Path) -> dict[str, Any]:
-        return _read_spec(processed_dir)
+        spec = _read_spec(processed_dir)
+        # A property-conditional model (model.conditional: true) conditions on the standardised properties.
+        return spec | {"condition_dim": len(spec["properties"])}
 
     def collate_fn(self) -> Any:
         return _pyg_collate
 
     def model_inputs(self, batch: Any, config: DataConfig, *, train: bool,
                      generator: torch.Generator | None) -> ModelInputs:
-        return ModelInputs(x=batch, target=MoleculeTarget(tokens=batch.tokens, properties=batch.properties))
+        # The standardised properties are the condition of a property-conditional model (ignored otherwise).
+        return ModelInputs(x=batch, target=MoleculeTarget(tokens=batch.tokens, properties=batch.properties),
+                           labels=batch.properties)
 
     def example_input(self, dataset: MoleculeDataset, n: int) -> Any:
         import pandas as pd
@@ -612,7 +616,8 @@ class MoleculeModality(Modality):
         return pd.DataFrame({"SMILES": dataset.smiles[:n]})
 
     def encoder_input(self, example: Any, spec: dict[str, Any]) -> Any:
-        """SMILES (a list, an array, or a DataFrame with a ``SMILES`` column) → a PyG ``Batch``."""
+        """SMILES (a list, an array, or a DataFrame with a ``SMILES`` column) → a PyG ``Batch`` whose
+        ``properties`` (N, P) are standardised like the training data's."""
         from torch_geometric.data import Batch
 
         if hasattr(example, "columns"):
@@ -625,13 +630,25 @@ class MoleculeModality(Modality):
                 f = featurise(s, spec["elements"], spec["max_atoms"])
             except Rejected as exc:
                 raise ValueError(f"cannot encode {s!r}: {exc}") from None
-            items.append(_graph(f))
+            graph = _graph(f)
+            props = (torch.from_numpy(f.properties) - torch.tensor(spec["property_mean"])) / torch.tensor(spec["property_std"])
+            graph.properties = props[None].float()  # (1, P)
+            items.append(graph)
         return Batch.from_data_list(items)
 
-    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+    def predictions(self, generated: torch.Tensor, spec: dict[str, Any]) -> Any:
+        """Token ids → a DataFrame with a ``SMILES`` column (RDKit canonical)."""
+        import pandas as pd
+
         from vaeflow import molecules
 
-        return molecules.write_samples(model, config, out_dir, generator)
+        return pd.DataFrame({"SMILES": molecules.tokens_to_smiles(generated.cpu(), spec["vocab"])})
+
+    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                      generator: torch.Generator) -> dict[str, Any]:
+        from vaeflow import molecules
+
+        return molecules.write_samples(self, model, config, paths, out_dir, generator)
 
     def evaluation_figures(self, model: Any, dataset: MoleculeDataset, spec: dict[str, Any],
                            out_dir: Path, generator: torch.Generator) -> list[Path]:

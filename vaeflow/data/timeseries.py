@@ -471,7 +471,8 @@ class TimeSeriesModality(Modality):
     def example_input(self, dataset: WindowDataset, n: int) -> np.ndarray:
         return torch.nan_to_num(dataset.x[:n]).numpy()  # (n, T, C) float32, scaled units
 
-    def write_samples(self, model: Any, config: Any, out_dir: Path, generator: torch.Generator) -> dict[str, Any]:
+    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                      generator: torch.Generator) -> dict[str, Any]:
         from vaeflow import plots
 
         spec = model.input_spec

@@ -40,7 +40,7 @@ def iwae_nll(
     out = []
     for batch in tqdm(loader, desc=f"IWAE k={k}", disable=not progress):
         inputs = modality.model_inputs(to_device(batch, device), data_config, train=False, generator=generator)
-        labels = inputs.labels if model.num_classes else None
+        labels = inputs.labels if model.conditional else None
         q = model.encode(inputs.x, labels)
         n = q.mu.shape[0]
         chunk = max(1, max_decode // n)

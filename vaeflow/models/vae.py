@@ -13,7 +13,7 @@ from vaeflow.config import ModelConfig
 from vaeflow.models.distributions import DiagonalGaussian
 from vaeflow.models.outputs import DecoderOutput, VAEOutput
 
-# Size of the learned label embedding of a conditional VAE.
+# Size of the learned embedding of a conditional VAE's condition (class label or property vector).
 COND_DIM = 16
 
 
@@ -24,23 +24,41 @@ class VAE(nn.Module):
         encoder: maps (x, cond) to an ``EncoderOutput``.
         decoder: maps (z, cond) to a ``DecoderOutput`` and owns ``log_prob`` / ``generate``.
         latent_dim: size of z.
-        num_classes: classes of a conditional VAE (Sohn et al. 2015); 0 for an unconditional one.
+        num_classes: classes of a class-conditional VAE (Sohn et al. 2015); 0 for none.
+        condition_dim: size of a continuous condition (e.g. standardised molecular properties)
+            of a property-conditional VAE; 0 for none. At most one of the two is set.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, latent_dim: int, num_classes: int = 0):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, latent_dim: int, num_classes: int = 0,
+                 condition_dim: int = 0):
         super().__init__()
+        if num_classes and condition_dim:
+            raise ValueError("a VAE is conditional on class labels or on a continuous vector, not both")
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
         self.num_classes = num_classes
-        self.embed = nn.Embedding(num_classes, COND_DIM) if num_classes else None
+        self.condition_dim = condition_dim
+        self.embed: nn.Module | None = None
+        if num_classes:
+            self.embed = nn.Embedding(num_classes, COND_DIM)
+        elif condition_dim:
+            self.embed = nn.Linear(condition_dim, COND_DIM)
+
+    @property
+    def conditional(self) -> bool:
+        return self.embed is not None
 
     def condition(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """Label embedding for a conditional model, None otherwise. Shapes: (N,) → (N, COND_DIM)."""
+        """Embedding of the condition for a conditional model, None otherwise.
+
+        Shapes: class labels (N,) long, or a continuous condition (N, condition_dim) → (N, COND_DIM).
+        """
         if self.embed is None:
             return None
         if labels is None:
-            raise ValueError("this VAE is conditional: pass class labels (cond=...)")
+            what = "class labels" if self.num_classes else f"a ({self.condition_dim},) condition vector per example"
+            raise ValueError(f"this VAE is conditional: pass {what} (labels=...)")
         return self.embed(labels)
 
     def encode(self, x: Any, labels: torch.Tensor | None = None) -> DiagonalGaussian:
@@ -110,14 +128,17 @@ def expand_leading(target: Any, lead: tuple[int, ...]) -> Any:
 
 def build_model(config: ModelConfig, input_spec: dict[str, Any]) -> VAE:
     """Build a VAE from its config and the data's input spec (the only place that reads a ModelConfig)."""
+    # Class labels when the data set has them, else a continuous condition (molecular properties).
     num_classes = int(input_spec.get("num_classes", 0)) if config.conditional else 0
-    if config.conditional and not num_classes:
-        raise ValueError("model.conditional is true but the data set has no class labels; set it to false")
-    cond_dim = COND_DIM if num_classes else 0
+    condition_dim = int(input_spec.get("condition_dim", 0)) if config.conditional and not num_classes else 0
+    if config.conditional and not (num_classes or condition_dim):
+        raise ValueError("model.conditional is true but the data set has no class labels or properties to "
+                         "condition on; set it to false")
+    cond_dim = COND_DIM if config.conditional else 0
     derived = {"input_spec": input_spec, "latent_dim": config.latent_dim, "cond_dim": cond_dim}
     encoder = registry.build(registry.ENCODERS, config.encoder, **derived)
     decoder = registry.build(registry.DECODERS, config.decoder, **derived)
-    model = VAE(encoder, decoder, latent_dim=config.latent_dim, num_classes=num_classes)
+    model = VAE(encoder, decoder, latent_dim=config.latent_dim, num_classes=num_classes, condition_dim=condition_dim)
     # Kept for inference (e.g. mapping samples back to real units); not part of the state dict.
     model.input_spec = dict(input_spec)
     return model

@@ -118,7 +118,7 @@ def run_epoch(
                 frac = step / n_steps if n_steps else 0.0
                 beta = beta_at(epoch + frac, beta=config.loss.beta, warmup_epochs=config.loss.warmup_epochs)
             with autocast(config.train.precision, device):
-                out = model(inputs.x, inputs.labels if bare.num_classes else None, target=inputs.target, generator=generator)
+                out = model(inputs.x, inputs.labels if bare.conditional else None, target=inputs.target, generator=generator)
             # Likelihood and KL in fp32 whatever the forward precision.
             log_px_z = bare.decoder.log_prob(out.decoded.float(), inputs.target)
             kl = out.posterior.kl_standard_normal().float()
