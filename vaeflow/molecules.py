@@ -295,7 +295,7 @@ def optimize(model: Any, spec: dict[str, Any], start: str, *, prop: str = "QED",
         if step % every == 0 or step == steps:
             (smiles,) = decode_smiles(model, z.detach(), greedy=True, condition=cond)
             (row,) = property_rows([smiles], None)
-            rows.append({"step": step, "predicted": round(pred.item() * std + mean, 4), **row})
+            rows.append({"step": step, "predicted": round(pred.detach().item() * std + mean, 4), **row})
         if step == steps:
             break
         loss = -sign * pred + prior_weight * 0.5 * (z**2).sum()
