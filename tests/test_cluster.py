@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,7 +30,9 @@ def ray_head(tmp_path):
     """`ray start --head --block` in its own process group; stopping it kills exactly this cluster
     (never `ray stop`, which would stop every Ray cluster on the machine)."""
     port, dash = _free_port(), _free_port()
-    env = os.environ | {"RAY_AUTH_MODE": "token"}
+    # `ray start` does not create a token (only a local ray.init does): this cluster gets its own,
+    # which the head, `vaeflow submit` and the job all read from the environment.
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats"],
