@@ -64,13 +64,16 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (set under ``ray job submit``; ``auto`` joins the
     cluster ``ray start`` runs on this machine) or start a private local one.
 
-    A local cluster's dashboard binds to 127.0.0.1.
+    A local cluster's dashboard binds to 127.0.0.1 and its workers run at normal priority.
     """
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
+        # Ray starts workers at niceness 15, so on a shared machine training would yield to any other
+        # busy process; a private cluster exists only to train, so its workers run at normal priority.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
         ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
 
