@@ -1,0 +1,94 @@
+"""What every benchmark script shares: machine description, medians, a printed table and a JSON record.
+
+Figures are ratios or paired comparisons measured side by side in one run (these machines are
+shared and noisy); each script writes its table to ``bench/results/<name>.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """The facts a reader needs to put the numbers in context."""
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host_cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": commit or None,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    """Rows of dicts as an aligned text table (floats to 4 significant digits)."""
+    if not rows:
+        return
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(row.get(c, "")) for c in cols] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def write_json(name: str, record: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Write ``record`` (plus the machine facts) atomically to ``out`` or ``bench/results/<name>.json``."""
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"benchmark": name, "machine": machine(), **record}, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+    print(f"\nwrote {path}")
+    return path
+
+
+class Clock:
+    """Wall and CPU seconds of a block: CPU of this process plus its waited-for children (pool workers).
+
+    On a shared, oversubscribed machine the CPU seconds still say what one core does per molecule,
+    and CPU / wall says how many cores the block actually got.
+    """
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), self._cpu_now()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = self._cpu_now() - self._cpu
+
+    @staticmethod
+    def _cpu_now() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime

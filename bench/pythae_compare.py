@@ -1,0 +1,516 @@
+"""vaeflow against pythae: the same conv VAE on dynamically binarised Fashion-MNIST, trained by each.
+
+What it measures, for each trainer: test NLL by IWAE and test −ELBO (one estimator, vaeflow's, applied
+to both trained models), wall time per training epoch (median over the steady-state epochs, i.e. all
+but the first) and in total, CPU seconds of the whole process tree, and peak memory (peak of the summed
+RSS of the trainer's whole process tree, sampled every 0.2 s; for vaeflow also the Ray Train worker's
+own peak RSS, since Ray's daemons add a fixed cost).
+
+Protocol:
+  1. ``vaeflow.stages.prepare`` with ``configs/image/quick.yaml`` writes the data into a temporary
+     project folder: Fashion-MNIST's 60k training images split into 55k train / 5k validation
+     (seeded), and the 10k test images (uint8).
+  2. One model definition: vaeflow's ``conv2d`` encoder and decoder built by ``build_model`` from the
+     quick preset (latent 16), with the same seed, so both trainers start from identical weights.
+  3. pythae: ``pythae.models.VAE`` (``reconstruction_loss="bce"``) whose ``BaseEncoder`` /
+     ``BaseDecoder`` wrap those two modules (the decoder wrapper returns ``sigmoid(logits)``, as
+     pythae's BCE expects probabilities), trained by ``pythae.trainers.BaseTrainer`` with Adam, the same
+     lr, batch size and epochs, in its own process with ``torch.set_num_threads(cpus_per_worker)``.
+  4. vaeflow: its real training path, ``vaeflow.training.ray.fit`` inside an MLflow run (temporary
+     SQLite tracking store and Ray storage), on a private local Ray cluster with ``num_workers=1``
+     and ``cpus_per_worker=2``, β = 1, no KL warm-up, no free bits, no gradient clipping, in its own
+     process.
+  5. Each trainer keeps its best epoch by validation −ELBO (pythae's ``eval_dataset`` is vaeflow's
+     validation split, binarised once with the seed). Its weights are loaded into a vaeflow ``VAE``
+     (pythae's ``encoder.net.*`` / ``decoder.net.*`` keys map onto ``encoder.*`` / ``decoder.*``; the
+     sigmoid lives in the wrapper, so the inner decoder's output is already the Bernoulli logits that
+     vaeflow's likelihood takes) and scored on the test set binarised once with the seed:
+     −ELBO on all test images, IWAE NLL with k samples on the first ``--test-examples`` ones
+     (``vaeflow.metrics.likelihood.iwae_nll``; both models see the same random streams).
+
+Command (about 10–15 minutes on 2 idle cores; the trainers run one after the other):
+
+    python bench/pythae_compare.py --epochs 5 --k 1000 --test-examples 1000
+
+Known differences between the two setups (also written to the JSON):
+  * Dynamic binarisation: vaeflow draws fresh Bernoulli pixels per batch; pythae's trainer takes a
+    Dataset, so it gets a custom ``BaseDataset`` that keeps uint8 images and draws fresh pixels per
+    item on every access (the same distribution; a plain ``BaseDataset`` would hold one fixed float32
+    binarisation, 4× the memory, and overfit to it).
+  * Batches: vaeflow drops the last incomplete batch (``DistributedSampler(drop_last=True)``), pythae
+    keeps it (one extra step per epoch). Shuffling and reparameterisation noise come from different
+    random streams.
+  * Likelihood numerics: pythae computes BCE on ``sigmoid(logits)`` (log clamped at −100), vaeflow
+    on logits; the same function in exact arithmetic.
+  * vaeflow also computes the gradient norm every step (its NaN/inf guard), writes a checkpoint per
+    epoch and logs epoch metrics to MLflow; pythae keeps a deep copy of the best model in memory and
+    writes it once at the end. Both validate every epoch (not counted in the per-epoch time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as `python bench/pythae_compare.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import median, print_table, write_json  # noqa: E402
+from vaeflow import config as cfg  # noqa: E402
+from vaeflow import registry, stages  # noqa: E402
+from vaeflow.models.vae import VAE, build_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "configs/image/quick.yaml"
+MISSING = "pythae is not installed: pip install pythae (benchmark only)"
+SAMPLE_EVERY_S = 0.2
+WORKER_MARK = "RayTrainWorker"  # in the process title of a Ray Train worker
+
+DIFFERENCES = [
+    "data: both train on vaeflow's 55k training split and validate on its 5k validation split "
+    "(the 60k Fashion-MNIST training images, seeded split); best epoch by validation -ELBO on both sides",
+    "dynamic binarisation: vaeflow per batch; pythae through a custom BaseDataset that draws fresh pixels "
+    "per item from uint8 images (same distribution; pythae's stock BaseDataset would fix one float32 draw)",
+    "last incomplete batch: dropped by vaeflow, kept by pythae (one extra step per epoch)",
+    "random streams (shuffling, reparameterisation noise) differ; initial weights are identical",
+    "likelihood numerics: pythae BCE on sigmoid(logits) with log clamped at -100, vaeflow on logits",
+    "vaeflow computes the gradient norm each step (NaN/inf guard), checkpoints every epoch and logs to "
+    "MLflow; pythae deep-copies the best model in memory and saves once at the end",
+    "vaeflow runs on a private local Ray cluster (1 worker, cpus_per_worker threads); pythae in one "
+    "process with the same number of torch threads",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a trainer process needs: the resolved config (as a dict), the data and its work folder."""
+
+    config: dict[str, Any]
+    processed: str
+    workdir: str
+
+
+# --- pythae side -------------------------------------------------------------------------------------
+
+
+def _pythae_classes() -> tuple[type, type, type]:
+    """The pythae wrappers around vaeflow's modules, and the dynamically binarised dataset.
+
+    Defined lazily so that the script fails with one clear line where pythae is missing.
+    """
+    from pythae.data.datasets import BaseDataset, DatasetOutput
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    class WrappedEncoder(BaseEncoder):
+        """A vaeflow encoder as a pythae encoder: (mu, logvar) → (embedding, log_covariance)."""
+
+        def __init__(self, net: torch.nn.Module):
+            BaseEncoder.__init__(self)
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> ModelOutput:
+            out = self.net(x)
+            return ModelOutput(embedding=out.mu, log_covariance=out.logvar)
+
+    class WrappedDecoder(BaseDecoder):
+        """A vaeflow Bernoulli decoder as a pythae decoder: pythae's BCE takes probabilities, not logits."""
+
+        def __init__(self, net: torch.nn.Module):
+            BaseDecoder.__init__(self)
+            self.net = net
+
+        def forward(self, z: torch.Tensor) -> ModelOutput:
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z).params))
+
+    class BinarizedImages(BaseDataset):
+        """uint8 images as pythae items; with a generator, fresh Bernoulli pixels on every access.
+
+        Args:
+            images: uint8 images in [0, 255].
+            generator: draws the binarisation per access (dynamic); None: the images are already
+                {0, 255} and are only scaled to {0, 1}.
+
+        Shapes:
+            images: (N, C, H, W) → item ``data``: (C, H, W) float32
+        """
+
+        def __init__(self, images: torch.Tensor, generator: torch.Generator | None):
+            self.images = images
+            self.labels = torch.zeros(len(images))
+            self.generator = generator
+
+        def __len__(self) -> int:
+            return len(self.images)
+
+        def __getitem__(self, index: int) -> DatasetOutput:
+            x = self.images[index].float() / 255.0
+            if self.generator is not None:
+                x = torch.bernoulli(x, generator=self.generator)
+            return DatasetOutput(data=x, labels=self.labels[index])
+
+    return WrappedEncoder, WrappedDecoder, BinarizedImages
+
+
+def pythae_model(model: VAE) -> Any:
+    """A ``pythae.models.VAE`` sharing the encoder and decoder modules of a vaeflow ``VAE``."""
+    from pythae.models import VAE as PythaeVAE
+    from pythae.models import VAEConfig
+
+    enc, dec, _ = _pythae_classes()
+    spec = model.input_spec
+    pconfig = VAEConfig(input_dim=(spec["channels"], spec["height"], spec["width"]), latent_dim=model.latent_dim,
+                        reconstruction_loss="bce")
+    return PythaeVAE(pconfig, encoder=enc(model.encoder), decoder=dec(model.decoder))
+
+
+def vaeflow_state_from_pythae(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """pythae's state dict of a wrapped model → the vaeflow ``VAE`` state dict (same tensors)."""
+    out = {}
+    for key, value in state.items():
+        part, net, rest = key.split(".", 2)
+        if part not in ("encoder", "decoder") or net != "net":
+            raise KeyError(f"unexpected key {key!r} in pythae's state dict; expected encoder.net.* or decoder.net.*")
+        out[f"{part}.{rest}"] = value
+    return out
+
+
+def _train_pythae(job: Job) -> dict[str, Any]:
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+    from pythae.trainers.training_callbacks import TrainingCallback
+
+    config = cfg.from_dict(cfg.ExperimentConfig, job.config)
+    t = config.train
+    torch.set_num_threads(t.cpus_per_worker)  # the same threads as vaeflow's one worker
+    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    processed = Path(job.processed)
+    _, _, images = _pythae_classes()
+    started = time.perf_counter()
+    train = images(modality.load(processed, "train").x, torch.Generator().manual_seed(config.seed))
+    val = images(modality.fixed(modality.load(processed, "val"), config.data, config.seed).x, None)
+
+    class Timer(TrainingCallback):
+        """Training time per epoch (validation excluded, as in vaeflow's epoch_time_s) and the val loss."""
+
+        def __init__(self) -> None:
+            self.start, self.rows = 0.0, []
+
+        def on_train_step_begin(self, training_config: Any, **kwargs: Any) -> None:
+            self.start = time.perf_counter()  # called once per epoch, before the first batch
+
+        def on_eval_step_begin(self, training_config: Any, **kwargs: Any) -> None:
+            self.rows.append({"epoch_time_s": time.perf_counter() - self.start})
+
+        def on_log(self, training_config: Any, logs: dict[str, float], **kwargs: Any) -> None:
+            self.rows[-1] |= {"train_loss": float(logs["train_epoch_loss"]), "val_neg_elbo": float(logs["eval_epoch_loss"])}
+
+    torch.manual_seed(config.seed)  # the same initial weights as vaeflow's worker
+    model = pythae_model(build_model(config.model, modality.input_spec(processed)))
+    timer = Timer()
+    trainer = BaseTrainer(
+        model=model, train_dataset=train, eval_dataset=val, callbacks=[timer],
+        training_config=BaseTrainerConfig(
+            output_dir=str(Path(job.workdir) / "pythae"), num_epochs=t.epochs, learning_rate=t.lr,
+            per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+            optimizer_cls="Adam", seed=config.seed, no_cuda=True,
+        ),
+    )
+    trainer.train()
+    total = time.perf_counter() - started
+    saved = torch.load(Path(trainer.training_dir) / "final_model" / "model.pt", weights_only=True)
+    model_file = Path(job.workdir) / "pythae_vaeflow_state.pt"
+    torch.save(vaeflow_state_from_pythae(saved["model_state_dict"]), model_file)
+    vals = [r["val_neg_elbo"] for r in timer.rows]
+    return {"history": timer.rows, "total_s": total, "best_epoch": 1 + vals.index(min(vals)),
+            "model_file": str(model_file)}
+
+
+# --- vaeflow side ------------------------------------------------------------------------------------
+
+
+def _train_vaeflow(job: Job) -> dict[str, Any]:
+    import ray
+
+    from vaeflow import tracking
+    from vaeflow.training import checkpoint
+    from vaeflow.training.ray import fit, init_ray
+
+    config = cfg.from_dict(cfg.ExperimentConfig, job.config)
+    os.environ.pop("RAY_ADDRESS", None)  # always a private cluster, so its daemons are in this process tree
+    started = time.perf_counter()
+    tags = tracking.lineage_tags(config, job.processed)
+    run_id = tracking.start_run(config, tags, run_name="bench-pythae")  # as stages.train: one MLflow run
+    mlflow_s = time.perf_counter() - started
+    init_ray()  # what fit() does first; timed on its own
+    ray_s = time.perf_counter() - started - mlflow_s
+    result = fit(config, job.processed, run_name="bench-pythae", run_id=run_id, progress=False)
+    total = time.perf_counter() - started
+    tracking.client(config.tracking).set_terminated(run_id, "FINISHED")
+    ray.shutdown()
+    model_file = Path(job.workdir) / "vaeflow_state.pt"
+    best = checkpoint.load(result.best)
+    torch.save(best["model"], model_file)
+    return {"history": result.history, "total_s": total, "mlflow_setup_s": mlflow_s, "ray_start_s": ray_s,
+            "best_epoch": int(best["epoch"]), "model_file": str(model_file)}
+
+
+# --- process tree measurement ------------------------------------------------------------------------
+
+
+def _child(target: str, job: Job, result_file: str, log_file: str) -> None:
+    """Entry point of a trainer process: output to a log file, result (or error) as JSON."""
+    with open(log_file, "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            result = {"ok": True, **{"pythae": _train_pythae, "vaeflow": _train_vaeflow}[target](job)}
+        except Exception as exc:  # reported by the parent with the log's tail
+            traceback.print_exc()
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.flush()
+        sys.stderr.flush()
+    Path(result_file).write_text(json.dumps(result))
+
+
+class TreeMonitor:
+    """Samples a process and all its descendants: peak summed RSS, per-process peaks and CPU seconds.
+
+    Args:
+        pid: the root process.
+        every_s: sampling interval.
+    """
+
+    def __init__(self, pid: int, every_s: float = SAMPLE_EVERY_S):
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(pid)
+        self.every_s = every_s
+        self.peak_tree = 0
+        self.peak: dict[int, int] = {}  # pid → peak RSS
+        self.cpu: dict[int, float] = {}  # pid → last seen user + system CPU seconds
+        self.names: dict[int, str] = {}
+        self.nice: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        ps = self._psutil
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except ps.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    rss = p.memory_info().rss
+                    cpu = p.cpu_times()
+                    if p.pid not in self.names or WORKER_MARK not in self.names[p.pid]:
+                        self.names[p.pid] = " ".join(p.cmdline())[:120]
+                        self.nice[p.pid] = p.nice()
+            except ps.Error:  # exited between listing and reading
+                continue
+            total += rss
+            self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+            self.cpu[p.pid] = cpu.user + cpu.system
+        self.peak_tree = max(self.peak_tree, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> TreeMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        mb = 1 / 2**20
+        workers = [pid for pid, name in self.names.items() if WORKER_MARK in name]
+        out = {"peak_rss_tree_mb": self.peak_tree * mb, "cpu_s_tree": sum(self.cpu.values()),
+               "processes_seen": len(self.peak)}
+        if workers:
+            out["peak_rss_worker_mb"] = max(self.peak[p] for p in workers) * mb
+            out["cpu_s_worker"] = sum(self.cpu[p] for p in workers)
+            out["worker_nice"] = max(self.nice[p] for p in workers)  # Ray starts workers at niceness 15
+        top = sorted(self.peak, key=self.peak.get, reverse=True)[:10]
+        out["largest_processes"] = [{"cmd": self.names.get(p, "?"), "peak_rss_mb": self.peak[p] * mb,
+                                     "cpu_s": self.cpu.get(p, 0.0)} for p in top]
+        return out
+
+
+def run_trainer(target: str, job: Job) -> dict[str, Any]:
+    """Train in a fresh spawned process while sampling its process tree; the child's result + memory."""
+    work = Path(job.workdir)
+    result_file, log_file = work / f"{target}_result.json", work / f"{target}.log"
+    load = os.getloadavg()[0]
+    proc = mp.get_context("spawn").Process(target=_child, args=(target, job, str(result_file), str(log_file)))
+    started = time.perf_counter()
+    proc.start()
+    with TreeMonitor(proc.pid) as monitor:
+        proc.join()
+    wall = time.perf_counter() - started
+    if not result_file.is_file() or not (result := json.loads(result_file.read_text()))["ok"]:
+        tail = log_file.read_text()[-3000:] if log_file.is_file() else ""
+        error = result["error"] if result_file.is_file() else f"process exited with code {proc.exitcode}"
+        raise RuntimeError(f"{target} training failed: {error}\n--- last lines of {log_file} ---\n{tail}")
+    return result | monitor.summary() | {"process_wall_s": wall, "load_avg_1min_before": load}
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+def evaluate(model: VAE, config: cfg.ExperimentConfig, processed: Path, *, k: int, n_iwae: int) -> dict[str, Any]:
+    """Test −ELBO (all test images) and IWAE NLL (first ``n_iwae``), as ``stages.evaluate`` computes them."""
+    from torch.utils.data import DataLoader, Subset
+
+    from vaeflow.metrics.likelihood import iwae_nll
+    from vaeflow.training.loop import run_epoch
+
+    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    device = torch.device("cpu")
+    test = modality.fixed(modality.load(processed, "test"), config.data, config.seed)  # one fixed binarisation
+    loader = lambda ds: DataLoader(ds, batch_size=config.evaluate.batch_size, collate_fn=modality.collate_fn())  # noqa: E731
+    g = lambda: torch.Generator(device=device).manual_seed(config.seed)  # noqa: E731
+    model.eval()
+    started = time.perf_counter()
+    elbo = run_epoch(model, loader(test), modality, config, epoch=0, device=device, generator=g())
+    subset = Subset(test, range(min(n_iwae, len(test))))
+    nll = iwae_nll(model, loader(subset), modality, config.data, k=k, device=device, generator=g())
+    return {"test_neg_elbo": elbo["neg_elbo"], "test_kl": elbo["kl"], "test_nll_iwae": float(nll.mean()),
+            "test_nll_iwae_sem": float(nll.std() / max(len(nll), 1) ** 0.5), "eval_s": time.perf_counter() - started,
+            "nll": nll}
+
+
+def _summarise(name: str, run: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+    times = [row["epoch_time_s"] for row in run["history"]]
+    steady = times[1:] or times  # the first epoch pays for warm-up (allocations, oneDNN kernels)
+    out = {
+        "trainer": name,
+        "epochs": len(times),
+        "best_epoch": run["best_epoch"],
+        "epoch_s_median": median(steady),
+        "train_s_total": run["total_s"],
+        "overhead_s": run["total_s"] - sum(times),
+        "cpu_s_tree": run["cpu_s_tree"],
+        "peak_rss_tree_mb": run["peak_rss_tree_mb"],
+        "peak_rss_worker_mb": run.get("peak_rss_worker_mb", run["peak_rss_tree_mb"]),
+        "test_neg_elbo": ev["test_neg_elbo"],
+        "test_nll_iwae": ev["test_nll_iwae"],
+        "test_nll_iwae_sem": ev["test_nll_iwae_sem"],
+    }
+    extra = {k: run[k] for k in ("mlflow_setup_s", "ray_start_s", "cpu_s_worker", "worker_nice", "process_wall_s",
+                                 "load_avg_1min_before", "processes_seen", "largest_processes") if k in run}
+    return out | extra | {"test_kl": ev["test_kl"], "eval_s": ev["eval_s"], "epoch_times_s": times,
+                          "history": run["history"]}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--k", type=int, default=1000, help="importance samples of the IWAE NLL")
+    p.add_argument("--test-examples", type=int, default=1000, help="test images for the IWAE NLL (−ELBO uses all)")
+    p.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset of this many images")
+    p.add_argument("--val-size", type=int, default=None, help="validation images (default: the preset's 5,000)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--cpus", type=int, default=2, help="torch threads of each trainer (vaeflow: cpus_per_worker)")
+    p.add_argument("--workdir", default=None, help="keep data, logs, checkpoints here (default: a temp folder)")
+    p.add_argument("--out", default=None, help="JSON path (default: bench/results/pythae.json)")
+    args = p.parse_args(argv)
+    if importlib.util.find_spec("pythae") is None:
+        raise SystemExit(MISSING)
+
+    with tempfile.TemporaryDirectory(prefix="vaeflow-pythae-") as tmp:
+        work = Path(args.workdir or tmp).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        overrides = [
+            f"train.epochs={args.epochs}", "train.num_workers=1", f"train.cpus_per_worker={args.cpus}",
+            "loss.beta=1.0", "loss.warmup_epochs=0", "loss.free_bits=0.0", "train.grad_clip=0.0",  # pythae's objective
+            f"train.storage_path={work}/ray_results", f"tracking.uri=sqlite:///{work}/mlflow.db",
+            f"tracking.artifact_location={work}/mlartifacts", f"evaluate.iwae_k={args.k}",
+            f"evaluate.iwae_examples={args.test_examples}",
+            *([f"data.limit_train={args.train_limit}"] if args.train_limit else []),
+            *([f"train.batch_size={args.batch_size}"] if args.batch_size else []),
+            *([f"data.val_size={args.val_size}"] if args.val_size is not None else []),
+        ]
+        config = cfg.load(PRESET, overrides=overrides)
+        paths = stages.Paths.for_modality(config.modality, work)
+        counts = stages.prepare(config, paths, progress=False)
+        print(f"data: {counts}; {args.epochs} epochs, batch {config.train.batch_size}, lr {config.train.lr}, "
+              f"latent {config.model.latent_dim}, {args.cpus} threads each; work folder {work}", flush=True)
+        job = Job(config=config.to_dict(), processed=str(paths.processed), workdir=str(work))
+
+        runs = {}
+        for name in ("pythae", "vaeflow"):
+            print(f"training with {name} …", flush=True)
+            runs[name] = run_trainer(name, job)
+            print(f"  {name}: {runs[name]['total_s']:.1f} s, peak tree RSS {runs[name]['peak_rss_tree_mb']:.0f} MB", flush=True)
+
+        torch.set_num_threads(args.cpus)
+        spec = registry.MODALITIES.get_or_raise(config.modality)().input_spec(paths.processed)
+        rows, nlls = [], {}
+        for name, run in runs.items():
+            print(f"evaluating {name} (IWAE k={args.k} on {args.test_examples} test images) …", flush=True)
+            model = build_model(config.model, spec)
+            model.load_state_dict(torch.load(run["model_file"], weights_only=True))
+            ev = evaluate(model, config, paths.processed, k=args.k, n_iwae=args.test_examples)
+            nlls[name] = ev.pop("nll")
+            rows.append(_summarise(name, run, ev))
+
+    diff = nlls["vaeflow"] - nlls["pythae"]  # paired: same images, same random streams
+    paired = {"nll_vaeflow_minus_pythae": float(diff.mean()),
+              "nll_vaeflow_minus_pythae_sem": float(diff.std() / max(len(diff), 1) ** 0.5)}
+    by = {r["trainer"]: r for r in rows}
+    ratios = {key: by["vaeflow"][key] / by["pythae"][key]
+              for key in ("epoch_s_median", "train_s_total", "cpu_s_tree", "peak_rss_tree_mb", "peak_rss_worker_mb")}
+    table_cols = ("trainer", "epochs", "best_epoch", "epoch_s_median", "train_s_total", "overhead_s", "cpu_s_tree",
+                  "peak_rss_tree_mb", "peak_rss_worker_mb", "test_neg_elbo", "test_nll_iwae", "test_nll_iwae_sem")
+    print_table([{c: r[c] for c in table_cols} for r in rows],
+                f"pythae vs vaeflow: Fashion-MNIST (dynamic binarisation), {args.epochs} epochs, "
+                f"IWAE k={args.k} on {args.test_examples} test images")
+    print_table([{"vaeflow / pythae": k, "ratio": v} for k, v in ratios.items()]
+                + [{"vaeflow / pythae": "NLL difference (nats, paired)",
+                    "ratio": f"{paired['nll_vaeflow_minus_pythae']:+.3f} ± {paired['nll_vaeflow_minus_pythae_sem']:.3f}"}],
+                "ratios")
+    v = by["vaeflow"]
+    print(f"\nvaeflow overhead: MLflow run {v['mlflow_setup_s']:.1f} s, Ray start {v['ray_start_s']:.1f} s; "
+          f"worker peak RSS {v['peak_rss_worker_mb']:.0f} MB of {v['peak_rss_tree_mb']:.0f} MB in the tree "
+          f"({v['processes_seen']} processes), worker niceness {v.get('worker_nice')}")
+    print("differences between the setups:\n  - " + "\n  - ".join(DIFFERENCES))
+    record = {
+        "settings": {"epochs": args.epochs, "k": args.k, "test_examples": args.test_examples,
+                     "train_limit": args.train_limit, "batch_size": config.train.batch_size, "lr": config.train.lr,
+                     "latent_dim": config.model.latent_dim, "threads": args.cpus, "n_train": counts["n_train"],
+                     "n_val": counts["n_val"], "n_test": counts["n_test"]},
+        "results": rows,
+        "ratios_vaeflow_over_pythae": ratios,
+        "paired_nll": paired,
+        "differences": DIFFERENCES,
+    }
+    write_json("pythae", record, args.out)
+    if not all(math.isfinite(r[k]) for r in rows for k in ("test_neg_elbo", "test_nll_iwae")):
+        raise SystemExit("a model's test −ELBO or IWAE NLL is not finite; see the JSON")
+    return record
+
+
+if __name__ == "__main__":
+    main()

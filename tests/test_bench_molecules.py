@@ -1,0 +1,51 @@
+"""Smoke tests of the molecule benchmarks (bench/featurise.py, bench/sampling.py) at tiny sizes:
+each runs end to end in-process and writes a JSON record with the expected keys and sane rates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from bench import featurise, sampling
+from tests.conftest import ROOT
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def test_featurise_benchmark_writes_rates(tmp_path):
+    out = tmp_path / "featurise.json"
+    featurise.main(["--n", "200", "--scaling-n", "200", "--repeats", "1", "--profile-n", "50", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "featurise" and record["n"] == 200 and record["n_pool"] == 200
+    for key in ("parse_per_s", "featurise_per_s", "ratio", "ratio_cpu"):
+        assert _positive(record[key]), key
+    assert record["meets_goal"] == (record["ratio"] >= record["goal_ratio"])
+    assert [s["processes"] for s in record["scaling"]][0] == 1
+    for row in record["scaling"]:
+        for key in ("per_s", "per_core_per_s", "per_cpu_s", "cores_used", "vs_in_process", "speedup", "efficiency"):
+            assert _positive(row[key]), (row["processes"], key)
+    shares = [row["share"] for row in record["profile"] if not row["function"].startswith(" ")]
+    assert record["profile"] and 0.5 < sum(shares) <= 1.01  # featurise's own time + its direct callees
+    assert record["full_moses"] is None
+    assert record["machine"]["host_cpus"] >= 1
+
+
+def test_sampling_benchmark_writes_rates(tmp_path):
+    out = tmp_path / "sampling.json"
+    sampling.main(["--preset", str(ROOT / "configs/molecule/tiny.yaml"), "--train-n", "128", "--batch", "32",
+                   "--ts-presets", str(ROOT / "configs/timeseries/quick.yaml"), "--ts-batch", "32",
+                   "--repeats", "1", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "sampling" and record["threads"] >= 1
+    molecule = record["molecule"]
+    assert molecule["model"].startswith("trained here") and molecule["train_metrics"]["n_train"] > 0
+    for key in ("valid_per_s", "valid_per_cpu_s", "sampled_per_s", "cores_used", "mean_tokens"):
+        assert _positive(molecule[key]), key
+    assert 0 < molecule["valid_fraction"] <= 1  # SELFIES: nearly every sample is a valid molecule
+    assert math.isclose(sum(molecule["stage_share"].values()), 1.0)
+    (ts,) = record["timeseries"].values()
+    assert ts["decoder"] == "timevae" and ts["batch"] == 32
+    for key in ("sequences_per_s", "sequences_per_cpu_s", "cores_used"):
+        assert _positive(ts[key]), key

@@ -1,0 +1,20 @@
+"""Smoke test of bench/overhead.py: tiny sizes, so the script keeps working (figures are meaningless)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from bench import overhead
+
+
+def test_overhead_bench_runs_and_writes_its_table(ray_cluster, tmp_path):
+    out = tmp_path / "overhead.json"
+    overhead.main(["--modality", "image", "--preset", "tiny", "--epochs", "2", "--train-limit", "256",
+                   "--repeats", "1", "--no-scaling", "--out", str(out)])
+    record = json.loads(out.read_text())
+    (row,) = record["rows"]
+    assert row["modality"] == "image" and row["comparison"].startswith("overhead")
+    for key in ("bare_train_s", "ray_train_s", "train_ratio", "bare_epoch_s", "ray_epoch_s", "epoch_ratio"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert record["machine"]["torch"] and record["settings"]["epochs"] == 2
