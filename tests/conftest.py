@@ -56,8 +56,9 @@ def ray_cluster():
     """One local Ray cluster (2 CPUs) for the whole session: starting Ray costs 10–30 s."""
     import ray
 
-    # The dashboard (on 127.0.0.1) serves the state API that Ray Train's clean-up polls.
-    # address="local": always a fresh cluster, never another process's Ray instance on the same machine.
-    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1")
+    from vaeflow.training.ray import init_ray
+
+    # The private local cluster vaeflow itself starts: never another process's Ray instance.
+    init_ray(num_cpus=2)
     yield ray
     ray.shutdown()

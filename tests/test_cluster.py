@@ -35,7 +35,10 @@ def ray_head(tmp_path):
     env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats"],
+         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
+         # Ports Ray fixes by default (the job agent's 52365, the client server's 10001) may be held by
+         # another Ray instance on this machine, e.g. the session's local cluster: then jobs cannot start.
+         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
@@ -54,9 +57,10 @@ def ray_head(tmp_path):
     yield address, env
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=5)  # on SIGTERM the head drains for up to 30 s; nothing here needs draining
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_submit_a_training_job_to_a_local_head(ray_head, tiny_data, tmp_path):

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rdkit import Chem, RDConfig, RDLogger
-from rdkit.Chem import Crippen, Descriptors
-from rdkit.Chem.QED import qed
+from rdkit.Chem import QED
 
 # The properties stored with every molecule (and predicted by the decoder's property head), in order.
 PROPERTIES = ("logP", "QED", "SA", "weight")
@@ -46,14 +45,8 @@ def mol_from_smiles(smiles: str) -> Chem.Mol | None:
     """Parse and sanitise; None for an empty or unparsable SMILES (the MOSES ``get_mol`` rule)."""
     if not smiles:
         return None
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        return None
-    try:
-        Chem.SanitizeMol(mol)
-    except (ValueError, RuntimeError):
-        return None
-    return mol
+    # MolFromSmiles sanitises (and returns None when that fails): MOSES's extra SanitizeMol is a no-op.
+    return Chem.MolFromSmiles(smiles)
 
 
 def canonical(smiles: str) -> str | None:
@@ -64,7 +57,9 @@ def canonical(smiles: str) -> str | None:
 
 def properties(mol: Chem.Mol) -> tuple[float, float, float, float]:
     """(logP, QED, SA, weight) of a sanitised molecule, in the order of ``PROPERTIES``."""
-    return (Crippen.MolLogP(mol), qed(mol), sascorer().calculateScore(mol), Descriptors.MolWt(mol))
+    # QED's descriptor set already holds Crippen logP and the average molecular weight: compute it once.
+    props = QED.properties(mol)
+    return (props.ALOGP, QED.qed(mol, qedProperties=props), sascorer().calculateScore(mol), props.MW)
 
 
 def molsets_data_dir() -> Path:

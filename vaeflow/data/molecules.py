@@ -90,6 +90,46 @@ class Featurised:
     properties: np.ndarray
 
 
+def graph_features(mol: Any, elements: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Atom features, directed edges and bond features of a sanitised RDKit molecule.
+
+    Raises:
+        Rejected: an element outside ``elements`` or a bond type outside ``BOND_TYPES``.
+
+    Shapes:
+        returns atoms (A, len(ATOM_FEATURES)) int8, edge_index (2, 2B) int64 (each bond both ways),
+        bonds (2B, len(BOND_FEATURES)) int8.
+    """
+    atoms = []
+    for atom in mol.GetAtoms():
+        symbol = atom.GetSymbol()
+        if symbol not in elements:
+            raise Rejected(f"unsupported element {symbol}")
+        atoms.append((
+            elements.index(symbol),
+            _index(FORMAL_CHARGES, atom.GetFormalCharge()),
+            int(atom.GetIsAromatic()),
+            _index(NUM_HS, atom.GetTotalNumHs()),
+            _index(HYBRIDISATIONS, str(atom.GetHybridization())),
+            int(atom.IsInRing()),
+        ))
+    src, dst, bonds = [], [], []
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        kind = str(bond.GetBondType())
+        if kind not in BOND_TYPES:
+            raise Rejected(f"unsupported bond type {kind}")
+        feat = (BOND_TYPES.index(kind), int(bond.GetIsConjugated()), int(bond.IsInRing()))
+        src += [i, j]
+        dst += [j, i]
+        bonds += [feat, feat]
+    return (
+        np.asarray(atoms, dtype=np.int8).reshape(-1, len(ATOM_FEATURES)),
+        np.asarray([src, dst], dtype=np.int64).reshape(2, -1),
+        np.asarray(bonds, dtype=np.int8).reshape(-1, len(BOND_FEATURES)),
+    )
+
+
 def featurise(smiles: str, elements: Sequence[str], max_atoms: int) -> Featurised:
     """Parse, sanitise and featurise one SMILES.
 
@@ -115,29 +155,7 @@ def featurise(smiles: str, elements: Sequence[str], max_atoms: int) -> Featurise
         raise Rejected("more than one fragment")
     if mol.GetNumAtoms() > max_atoms:
         raise Rejected(f"{mol.GetNumAtoms()} heavy atoms > max_atoms {max_atoms}")
-    atoms = []
-    for atom in mol.GetAtoms():
-        symbol = atom.GetSymbol()
-        if symbol not in elements:
-            raise Rejected(f"unsupported element {symbol}")
-        atoms.append((
-            elements.index(symbol),
-            _index(FORMAL_CHARGES, atom.GetFormalCharge()),
-            int(atom.GetIsAromatic()),
-            _index(NUM_HS, atom.GetTotalNumHs()),
-            _index(HYBRIDISATIONS, str(atom.GetHybridization())),
-            int(atom.IsInRing()),
-        ))
-    src, dst, bonds = [], [], []
-    for bond in mol.GetBonds():
-        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-        kind = str(bond.GetBondType())
-        if kind not in BOND_TYPES:
-            raise Rejected(f"unsupported bond type {kind}")
-        feat = (BOND_TYPES.index(kind), int(bond.GetIsConjugated()), int(bond.IsInRing()))
-        src += [i, j]
-        dst += [j, i]
-        bonds += [feat, feat]
+    atoms, edge_index, bonds = graph_features(mol, elements)
     canonical = Chem.MolToSmiles(mol)
     kekule = Chem.Mol(mol)
     try:
@@ -150,9 +168,9 @@ def featurise(smiles: str, elements: Sequence[str], max_atoms: int) -> Featurise
     return Featurised(
         smiles=canonical,
         selfies=selfies,
-        atoms=np.asarray(atoms, dtype=np.int8).reshape(-1, len(ATOM_FEATURES)),
-        edge_index=np.asarray([src, dst], dtype=np.int64).reshape(2, -1),
-        bonds=np.asarray(bonds, dtype=np.int8).reshape(-1, len(BOND_FEATURES)),
+        atoms=atoms,
+        edge_index=edge_index,
+        bonds=bonds,
         properties=np.asarray(chem.properties(mol), dtype=np.float32),
     )
 

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -60,22 +61,35 @@ class FitResult:
     run_dir: Path
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (set under ``ray job submit``; ``auto`` joins the
-    cluster ``ray start`` runs on this machine) or start a private local one.
+    cluster ``ray start`` runs on this machine) or start a private local one (also for ``local``).
 
-    A local cluster's dashboard binds to 127.0.0.1 and its workers run at normal priority.
+    A private cluster's dashboard binds to 127.0.0.1 and its workers run at normal priority.
     """
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
         ray.init()
-    else:
-        # Ray starts workers at niceness 15, so on a shared machine training would yield to any other
-        # busy process; a private cluster exists only to train, so its workers run at normal priority.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
-        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1")
+        return
+    # Ray starts workers at niceness 15, so on a shared machine training would yield to any other
+    # busy process; a private cluster exists only to train, so its workers run at normal priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray Train's placement-group cleaner polls Ray's state API from inside the cluster, which finds
+    # its cluster through /tmp/ray/ray_current_cluster unless told: a `ray start` head that ended
+    # without `ray stop` leaves a dead address there, and every training job then waits out a 12 s
+    # timeout at shutdown. This job's tasks and actors are told their own cluster's dashboard.
+    port = _free_port()
+    # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
 
 
 def _progress_factory(rank: int) -> Any:

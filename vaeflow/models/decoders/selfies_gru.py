@@ -143,13 +143,15 @@ class SelfiesGRUDecoder(nn.Module):
         h = self._h0(code)
         token = torch.full((n, 1), self.bos, dtype=torch.long, device=code.device)
         out = torch.full((n, self.max_len), self.pad, dtype=torch.long, device=code.device)
-        done = torch.zeros(n, dtype=torch.bool, device=code.device)
+        # Rows still generating: a finished row leaves the batch, so a step costs only the unfinished
+        # ones (sampled lengths vary widely; most rows end long before max_len).
+        active = torch.arange(n, device=code.device)
         banned_always = torch.zeros(len(self.vocab), dtype=torch.bool, device=code.device)
         banned_always[[self.pad, self.bos]] = True
         for t in range(self.max_len):
-            e = torch.cat([self.embed(token), code[:, None]], -1)  # (N, 1, E + code)
+            e = torch.cat([self.embed(token), code[active, None]], -1)  # (n_active, 1, E + code)
             y, h = self.gru(e, h)
-            logits = self.out(y[:, 0]).float()  # (N, V)
+            logits = self.out(y[:, 0]).float()  # (n_active, V)
             banned = ~self.first_allowed if t == 0 else banned_always
             logits = logits.masked_fill(banned, -math.inf)
             if mean:
@@ -157,10 +159,11 @@ class SelfiesGRUDecoder(nn.Module):
             else:
                 probs = torch.softmax(logits / self.temperature, -1)
                 nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            nxt = torch.where(done, torch.full_like(nxt, self.pad), nxt)
-            out[:, t] = nxt
-            done |= nxt == self.eos
-            if done.all():
+            out[active, t] = nxt
+            going = nxt != self.eos
+            if not going.any():
                 break
+            if not going.all():
+                active, h, nxt = active[going], h[:, going], nxt[going]
             token = nxt[:, None]
         return out
