@@ -48,21 +48,27 @@ def repo(tmp_path_factory):
     return dest
 
 
-def test_repro_then_noop_then_experiment(repo):
-    out = _run(["dvc", "repro"], repo, timeout=900)
-    modalities = yaml.safe_load((repo / "params.yaml").read_text())["modalities"]
+def _assert_runs_every_stage(out: str, modalities) -> None:
     for modality in modalities:
         for stage in ("prepare", "train", "sample", "evaluate"):
-            assert f"Running stage '{stage}@{modality}'" in out
+            assert f"Running stage '{stage}@{modality}'" in out, (stage, modality)
+
+
+def test_repro_then_noop_then_experiment(repo):
+    """The image chain for real (the other modalities: ``-m slow`` below, and each one's own
+    pipeline test through Ray + MLflow; their DVC params: the test after this one)."""
+    out = _run(["dvc", "repro", "evaluate@image"], repo, timeout=900)
+    _assert_runs_every_stage(out, ["image"])
+    assert "@molecule" not in out and "@timeseries" not in out
     evaluate = json.loads((repo / "metrics/image/evaluate.json").read_text())
     assert evaluate["iwae_k"] == 10 and evaluate["n_test"] == 256
     train = json.loads((repo / "metrics/image/train.json").read_text())
     assert train["epochs"] == 1
 
     # Nothing changed: a second repro runs no stage.
-    again = _run(["dvc", "repro"], repo)
+    again = _run(["dvc", "repro", "evaluate@image"], repo)
     assert "Running stage" not in again
-    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    assert "Data and pipelines are up to date" in _run(["dvc", "status", "evaluate@image"], repo)
 
     # Metrics and plots are readable by DVC.
     metrics = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, capture_output=True, text=True).stdout
@@ -71,6 +77,45 @@ def test_repro_then_noop_then_experiment(repo):
     assert plots.returncode == 0 and "val_neg_elbo" in plots.stdout
 
     # A parameter change through DVC experiments reruns train and what follows it, not prepare.
-    exp = _run(["dvc", "exp", "run", "-S", "train.image.epochs=2"], repo, timeout=900)
+    exp = _run(["dvc", "exp", "run", "-S", "train.image.epochs=2", "evaluate@image"], repo, timeout=900)
     assert "Running stage 'train@image'" in exp and "Running stage 'prepare@image'" not in exp
     assert json.loads((repo / "metrics/image/train.json").read_text())["epochs"] == 2
+
+
+def _params_of(stage: dict) -> tuple[list[str], list[str]]:
+    """A foreach stage's params.yaml keys (``data.${key}`` → ``data``) and preset-file sections."""
+    keys, sections = [], []
+    for entry in stage["do"].get("params", []):
+        if isinstance(entry, str):
+            keys.append(entry)
+        else:
+            (value,) = entry.values()  # ${item.preset}: [sections]
+            sections += value
+    return keys, sections
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quick", "full"])
+def test_every_stage_finds_its_params_in_params_yaml_and_every_preset(preset):
+    """What `dvc repro` checks only when it reaches a stage: every params key a stage declares exists."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for modality in params["modalities"]:
+        config = yaml.safe_load((ROOT / f"configs/{modality}/{preset}.yaml").read_text())
+        for name, stage in stages.items():
+            keys, sections = _params_of(stage)
+            for key in keys:
+                node = params
+                for part in key.replace("${key}", modality).split("."):
+                    assert isinstance(node, dict) and part in node, f"params.yaml lacks {key} for {name}@{modality}"
+                    node = node[part]
+            missing = [section for section in sections if section not in config]
+            assert not missing, f"configs/{modality}/{preset}.yaml lacks {missing}, which {name}@{modality} tracks"
+
+
+@pytest.mark.slow
+def test_whole_pipeline_every_modality_then_noop(repo):
+    """`dvc repro` of every modality (about 4 minutes on 2 cores), then a second one that runs nothing."""
+    modalities = yaml.safe_load((repo / "params.yaml").read_text())["modalities"]
+    _assert_runs_every_stage(_run(["dvc", "repro"], repo, timeout=1800), [m for m in modalities if m != "image"])
+    assert "Running stage" not in _run(["dvc", "repro"], repo)
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
