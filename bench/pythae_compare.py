@@ -76,7 +76,7 @@ from vaeflow.models.vae import VAE, build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs/image/quick.yaml"
-MISSING = "pythae is not installed: pip install pythae (benchmark only)"
+MISSING = "pythae is not installed: pip install --no-deps pythae==0.1.2 imageio (benchmark only; its deps pin a useless dataclasses backport)"
 SAMPLE_EVERY_S = 0.2
 WORKER_MARK = "RayTrainWorker"  # in the process title of a Ray Train worker
 
