@@ -14,6 +14,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,3 +93,78 @@ class Clock:
     def _cpu_now() -> float:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return time.process_time() + children.ru_utime + children.ru_stime
+
+
+WORKER_MARK = "RayTrainWorker"  # in the process title of a Ray Train worker
+
+
+class TreeMonitor:
+    """Samples a process and all its descendants: peak summed RSS, per-process peaks and CPU seconds.
+
+    Args:
+        pid: the root process (None: this one).
+        every_s: sampling interval.
+    """
+
+    def __init__(self, pid: int | None = None, every_s: float = 0.2):
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(pid)  # None: this process
+        self.every_s = every_s
+        self.peak_tree = 0
+        self.peak: dict[int, int] = {}  # pid → peak RSS
+        self.cpu: dict[int, float] = {}  # pid → last seen user + system CPU seconds
+        self.names: dict[int, str] = {}
+        self.nice: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        ps = self._psutil
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except ps.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    rss = p.memory_info().rss
+                    cpu = p.cpu_times()
+                    if p.pid not in self.names or WORKER_MARK not in self.names[p.pid]:
+                        self.names[p.pid] = " ".join(p.cmdline())[:120]
+                        self.nice[p.pid] = p.nice()
+            except ps.Error:  # exited between listing and reading
+                continue
+            total += rss
+            self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+            self.cpu[p.pid] = cpu.user + cpu.system
+        self.peak_tree = max(self.peak_tree, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> TreeMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        mb = 1 / 2**20
+        workers = [pid for pid, name in self.names.items() if WORKER_MARK in name]
+        out = {"peak_rss_tree_mb": self.peak_tree * mb, "cpu_s_tree": sum(self.cpu.values()),
+               "processes_seen": len(self.peak)}
+        if workers:
+            out["peak_rss_worker_mb"] = max(self.peak[p] for p in workers) * mb
+            out["cpu_s_worker"] = sum(self.cpu[p] for p in workers)
+            out["worker_nice"] = max(self.nice[p] for p in workers)  # Ray starts workers at niceness 15
+        top = sorted(self.peak, key=self.peak.get, reverse=True)[:10]
+        out["largest_processes"] = [{"cmd": self.names.get(p, "?"), "peak_rss_mb": self.peak[p] * mb,
+                                     "cpu_s": self.cpu.get(p, 0.0)} for p in top]
+        return out

@@ -49,7 +49,6 @@ import pstats
 import resource
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,7 +57,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/featurise.py`: the repository root holds `bench`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import Clock, median, print_table, write_json  # noqa: E402
+from bench._common import Clock, TreeMonitor, median, print_table, write_json  # noqa: E402
 from vaeflow import chem  # noqa: E402
 from vaeflow import config as cfg  # noqa: E402
 from vaeflow.data import molecules as mol  # noqa: E402
@@ -178,42 +177,6 @@ def profile_featurise(chunks: Chunks, source: mol.MoleculeSource, n: int) -> lis
     return [r for r in rows if r["share"] >= 0.005]
 
 
-class PeakRSS:
-    """Peak resident memory of this process plus all its descendants, sampled on a thread."""
-
-    def __init__(self, interval: float = 0.2):
-        import psutil
-
-        self._psutil = psutil
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        me = self._psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
-                pass  # a worker that ended between listing and reading
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _maxrss_mib(who: int) -> float:
     kib = resource.getrusage(who).ru_maxrss
     return kib / 2**20 if sys.platform == "darwin" else kib / 2**10  # bytes on macOS, KiB on Linux
@@ -222,11 +185,11 @@ def _maxrss_mib(who: int) -> float:
 def full_prepare(config: cfg.ExperimentConfig) -> dict[str, Any]:
     """The real prepare stage on all of MOSES train: wall time, peak memory and its counts."""
     data = dataclasses.replace(config.data, limit_train=None)
-    with tempfile.TemporaryDirectory(prefix="vaeflow-bench-") as tmp, PeakRSS() as peak:
+    with tempfile.TemporaryDirectory(prefix="vaeflow-bench-") as tmp, TreeMonitor() as peak:
         started = time.perf_counter()
         counts = mol.MoleculeModality().prepare(data, config.seed, Path(tmp) / "molecule", progress=True)
         wall = time.perf_counter() - started
-    return {"wall_s": wall, "peak_rss_tree_mib": peak.peak / 2**20, "ru_maxrss_self_mib": _maxrss_mib(resource.RUSAGE_SELF),
+    return {"wall_s": wall, "peak_rss_tree_mib": peak.peak_tree / 2**20, "ru_maxrss_self_mib": _maxrss_mib(resource.RUSAGE_SELF),
             "ru_maxrss_children_mib": _maxrss_mib(resource.RUSAGE_CHILDREN), "workers": chem.cpu_count(),
             "train_per_s": counts["n_train"] / wall, "counts": counts}
 

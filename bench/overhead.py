@@ -95,8 +95,8 @@ def ray_fit(config: cfg.ExperimentConfig, processed: Path, name: str) -> dict[st
     return {
         "wall_s": wall,
         "train_s": [r["epoch_time_s"] for r in history],
-        # Epoch 1's start has no commit before it: its whole-epoch time is not measured.
-        "epoch_s": [(b - a) / 1000 for a, b in zip(commits, commits[1:])],
+        # Epoch 1's start has no commit before it: its whole-epoch time is not measured (None).
+        "epoch_s": [None, *((b - a) / 1000 for a, b in zip(commits, commits[1:]))],
         "examples_per_s": [r["train_examples_per_s"] for r in history],
         "final_train_neg_elbo": history[-1]["train_neg_elbo"],
     }

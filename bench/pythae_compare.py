@@ -58,7 +58,6 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -69,7 +68,7 @@ import torch
 if __package__ in (None, ""):  # run as `python bench/pythae_compare.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import median, print_table, write_json  # noqa: E402
+from bench._common import TreeMonitor, median, print_table, write_json  # noqa: E402
 from vaeflow import config as cfg  # noqa: E402
 from vaeflow import registry, stages  # noqa: E402
 from vaeflow.models.vae import VAE, build_model  # noqa: E402
@@ -77,8 +76,6 @@ from vaeflow.models.vae import VAE, build_model  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs/image/quick.yaml"
 MISSING = "pythae is not installed: pip install --no-deps pythae==0.1.2 imageio (benchmark only; its deps pin a useless dataclasses backport)"
-SAMPLE_EVERY_S = 0.2
-WORKER_MARK = "RayTrainWorker"  # in the process title of a Ray Train worker
 
 DIFFERENCES = [
     "data: both train on vaeflow's 55k training split and validate on its 5k validation split "
@@ -284,78 +281,6 @@ def _child(target: str, job: Job, result_file: str, log_file: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     Path(result_file).write_text(json.dumps(result))
-
-
-class TreeMonitor:
-    """Samples a process and all its descendants: peak summed RSS, per-process peaks and CPU seconds.
-
-    Args:
-        pid: the root process.
-        every_s: sampling interval.
-    """
-
-    def __init__(self, pid: int, every_s: float = SAMPLE_EVERY_S):
-        import psutil
-
-        self._psutil = psutil
-        self.root = psutil.Process(pid)
-        self.every_s = every_s
-        self.peak_tree = 0
-        self.peak: dict[int, int] = {}  # pid → peak RSS
-        self.cpu: dict[int, float] = {}  # pid → last seen user + system CPU seconds
-        self.names: dict[int, str] = {}
-        self.nice: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        ps = self._psutil
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except ps.Error:
-            return
-        total = 0
-        for p in procs:
-            try:
-                with p.oneshot():
-                    rss = p.memory_info().rss
-                    cpu = p.cpu_times()
-                    if p.pid not in self.names or WORKER_MARK not in self.names[p.pid]:
-                        self.names[p.pid] = " ".join(p.cmdline())[:120]
-                        self.nice[p.pid] = p.nice()
-            except ps.Error:  # exited between listing and reading
-                continue
-            total += rss
-            self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
-            self.cpu[p.pid] = cpu.user + cpu.system
-        self.peak_tree = max(self.peak_tree, total)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> TreeMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict[str, Any]:
-        mb = 1 / 2**20
-        workers = [pid for pid, name in self.names.items() if WORKER_MARK in name]
-        out = {"peak_rss_tree_mb": self.peak_tree * mb, "cpu_s_tree": sum(self.cpu.values()),
-               "processes_seen": len(self.peak)}
-        if workers:
-            out["peak_rss_worker_mb"] = max(self.peak[p] for p in workers) * mb
-            out["cpu_s_worker"] = sum(self.cpu[p] for p in workers)
-            out["worker_nice"] = max(self.nice[p] for p in workers)  # Ray starts workers at niceness 15
-        top = sorted(self.peak, key=self.peak.get, reverse=True)[:10]
-        out["largest_processes"] = [{"cmd": self.names.get(p, "?"), "peak_rss_mb": self.peak[p] * mb,
-                                     "cpu_s": self.cpu.get(p, 0.0)} for p in top]
-        return out
 
 
 def run_trainer(target: str, job: Job) -> dict[str, Any]:
