@@ -105,6 +105,26 @@ def time_graph(chunks: Chunks, source: mol.MoleculeSource) -> Clock:
     return clock
 
 
+def time_floor(chunks: Chunks) -> Clock:
+    """Parse + only the RDKit reads ``graph_features`` needs (6 per atom, 5 per bond), kept raw.
+
+    No lookups, no validation, no arrays: what any featuriser that reads these features through
+    RDKit's Python API pays at least, so ``rate(floor) / rate(parse)`` bounds the graph ratio from above.
+    """
+    from rdkit import Chem
+
+    chem.quiet_rdkit()
+    with Clock() as clock:
+        for chunk in chunks:
+            for _, smiles in chunk:
+                m = Chem.MolFromSmiles(smiles)
+                [(a.GetSymbol(), a.GetFormalCharge(), a.GetIsAromatic(), a.GetTotalNumHs(), a.GetHybridization(),
+                  a.IsInRing()) for a in m.GetAtoms()]
+                [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), b.GetBondType(), b.GetIsConjugated(), b.IsInRing())
+                 for b in m.GetBonds()]
+    return clock
+
+
 def time_featurise(chunks: Chunks, source: mol.MoleculeSource) -> Clock:
     """``featurise_chunk`` on every chunk, in this process."""
     with Clock() as clock:
@@ -223,11 +243,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     runs: list[dict[str, Any]] = []  # per repeat: step → {"wall": s, "cpu": s}
     for r in range(args.repeats):
-        steps = [("parse", lambda: time_parse(chunks)), ("graph", lambda: time_graph(chunks, source)),
+        steps = [("parse", lambda: time_parse(chunks)), ("floor", lambda: time_floor(chunks)),
+                 ("graph", lambda: time_graph(chunks, source)),
                  ("featurise", lambda: time_featurise(chunks, source))]
         steps += [(f"pool_{k}", lambda k=k: time_pool(pool_chunks, source, k)) for k in counts]
         clocks = {name: fn() for name, fn in (steps if r % 2 == 0 else steps[::-1])}
-        runs.append({name: {"n": n if name in ("parse", "graph", "featurise") else n_pool, "wall": c.wall, "cpu": c.cpu}
+        runs.append({name: {"n": n if name in ("parse", "floor", "graph", "featurise") else n_pool, "wall": c.wall, "cpu": c.cpu}
                      for name, c in clocks.items()})
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v['n'] / v['wall']:.0f}/s" for k, v in runs[-1].items()),
               flush=True)
@@ -240,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     parse, graph, feat = rate("parse"), rate("graph"), rate("featurise")
     graph_ratio, graph_ratio_cpu = paired("graph", "parse"), paired("graph", "parse", "cpu")
+    floor_ratio = paired("floor", "parse")
     ratio, ratio_cpu = paired("featurise", "parse"), paired("featurise", "parse", "cpu")
     scaling = []
     for k in counts:
@@ -253,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = [
         {"path": "Chem.MolFromSmiles (parse + sanitise)", "processes": 1, "mol_per_s": parse,
          "per_core_vs_parse": 1.0, "mol_per_cpu_s": rate("parse", "cpu"), "cpu_vs_parse": 1.0},
+        {"path": "parse + raw RDKit reads only (the floor)", "processes": 1, "mol_per_s": rate("floor"),
+         "per_core_vs_parse": floor_ratio, "mol_per_cpu_s": rate("floor", "cpu"), "cpu_vs_parse": paired("floor", "parse", "cpu")},
         {"path": "SMILES → graph (parse + graph_features)", "processes": 1, "mol_per_s": graph,
          "per_core_vs_parse": graph_ratio, "mol_per_cpu_s": rate("graph", "cpu"), "cpu_vs_parse": graph_ratio_cpu},
         {"path": "featurise_chunk (graph + SELFIES + properties)", "processes": 1, "mol_per_s": feat, "per_core_vs_parse": ratio,
@@ -265,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ]
     print_table(rows, f"Featurisation, {n} MOSES SMILES, median of {args.repeats} (goal: featurise ≥ {GOAL_RATIO}× parse per core)")
     print(f"SMILES → graph / parse per core: {graph_ratio:.3f} wall, {graph_ratio_cpu:.3f} CPU time "
-          f"({'meets' if graph_ratio >= GOAL_RATIO else 'misses'} the {GOAL_RATIO}× goal)")
+          f"({'meets' if graph_ratio >= GOAL_RATIO else 'misses'} the {GOAL_RATIO}× goal); "
+          f"the raw RDKit reads alone allow at most {floor_ratio:.3f}")
     print(f"featurise (all prepare stores) / parse per core: {ratio:.3f} wall, {ratio_cpu:.3f} CPU time "
           f"({'meets' if ratio >= GOAL_RATIO else 'misses'} the {GOAL_RATIO}× goal)")
 
@@ -282,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     record = {"n": n, "n_pool": n_pool, "repeats": args.repeats, "chunk_size": CHUNK_SIZE, "preset": args.preset,
               "dataset": config.data.dataset, "elements": list(source.elements), "max_atoms": source.max_atoms,
               "parse_per_s": parse, "graph_per_s": graph, "graph_ratio": graph_ratio,
-              "graph_ratio_cpu": graph_ratio_cpu, "featurise_per_s": feat, "ratio": ratio, "ratio_cpu": ratio_cpu, "goal_ratio": GOAL_RATIO,
+              "graph_ratio_cpu": graph_ratio_cpu, "floor_per_s": rate("floor"), "floor_ratio": floor_ratio,
+              "featurise_per_s": feat, "ratio": ratio, "ratio_cpu": ratio_cpu, "goal_ratio": GOAL_RATIO,
               "meets_goal": graph_ratio >= GOAL_RATIO, "scaling": scaling, "profile": profile, "full_moses": full,
               "runs_seconds": runs,
               "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]]}
