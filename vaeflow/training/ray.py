@@ -82,6 +82,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Ray starts workers at niceness 15, so on a shared machine training would yield to any other
     # busy process; a private cluster exists only to train, so its workers run at normal priority.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Each worker's report queue holds one result and Ray Train's controller drains it every 2 s by
+    # default, so epochs shorter than that would wait on the poll instead of computing.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # Ray Train's placement-group cleaner polls Ray's state API from inside the cluster, which finds
     # its cluster through /tmp/ray/ray_current_cluster unless told: a `ray start` head that ended
     # without `ray stop` leaves a dead address there, and every training job then waits out a 12 s
