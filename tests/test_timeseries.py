@@ -60,6 +60,22 @@ def test_time_split_no_leakage_and_scaler_fitted_on_train_only():
     assert (splits["train"][1] == -1).all() and (splits["train"][2] == 10).all()
 
 
+def test_shuffled_split_is_the_papers_protocol_and_seeded():
+    series = np.arange(200, dtype=float)[:, None] * [1.0, 2.0]  # the value is the time step
+    config = DataConfig(window=10, stride=1, val_fraction=0.2, test_fraction=0.2, split="shuffled")
+    splits, scaler, _ = build_splits(RawSeries(["a", "b"], series=series), config, seed=0)
+    starts = {s: scaler.inverse(x)[:, 0, 0] for s, (x, _, _) in splits.items()}
+    # Every window of the whole series exactly once, scaled together, dealt out by the fractions.
+    assert sorted(np.concatenate(list(starts.values())).round().astype(int)) == list(range(191))
+    assert [len(v) for v in starts.values()] == [191 - 38 - 38, 38, 38]
+    assert np.concatenate([x for x, _, _ in splits.values()]).max() == pytest.approx(1)
+    assert starts["test"].min() < starts["train"].max()  # shuffled, not in time order
+    again, _, _ = build_splits(RawSeries(["a", "b"], series=series), config, seed=0)
+    other, _, _ = build_splits(RawSeries(["a", "b"], series=series), config, seed=1)
+    assert np.array_equal(again["val"][0], splits["val"][0]) and not np.array_equal(other["val"][0], splits["val"][0])
+    with pytest.raises(SeriesDataError, match="leave none for val"):
+        build_splits(RawSeries(["a", "b"], series=series[:12]), config, seed=0)  # 3 windows: 1 each would round to 0 + 1
+
 def test_missing_values_impute_drop_reject_with_counts():
     series = np.tile(np.arange(60, dtype=float)[:, None], (1, 2))
     series[[0, 5, 6], 0] = np.nan

@@ -71,6 +71,12 @@ class DataConfig:
     # and hold out val_fraction of their training series, chosen with the job seed.
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # How a long series is split: "time" (the spans above, scaler fitted on the train span) or
+    # "shuffled", the TimeGAN/TimeVAE papers' protocol: the whole series scaled together, cut into
+    # windows, and the windows shuffled (with the seed) before the fractions are taken. Overlapping
+    # windows then share time steps across splits, so validation and test scores are optimistic;
+    # use it to compare with published numbers, not to estimate how a model does on the future.
+    split: Literal["time", "shuffled"] = "time"
     # Per-channel scaling fitted on the training split only: minmax to [0, 1] (TimeGAN) or standard.
     scaling: Literal["minmax", "standard"] = "minmax"
     # NaN/inf values: impute (carry the last finite value forward, the first one backward), drop

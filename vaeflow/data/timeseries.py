@@ -302,7 +302,10 @@ def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[st
     counts: dict[str, Any] = dict.fromkeys(
         ("nonfinite_values", "imputed_values", "dropped_steps", "series_all_missing",
          "short_series_dropped", "short_series_padded", "unequal_lengths_padded", "constant_channels_dropped"), 0)
-    if raw.splits is None:
+    shuffled = raw.splits is None and config.split == "shuffled"
+    if shuffled:  # one "train" part now; its windows are dealt out to the splits at the end
+        splits = {"train": ([raw.series], np.array([-1]))}
+    elif raw.splits is None:
         parts = time_split(raw.series, config.val_fraction, config.test_fraction)
         splits = {s: ([v], np.array([-1])) for s, v in parts.items()}
     else:
@@ -372,7 +375,28 @@ def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[st
         x = np.concatenate(wins).astype(np.float32) if wins else np.empty((0, window, c), np.float32)
         out[split] = (x, np.asarray(ys, dtype=np.int64), np.asarray(lens, dtype=np.int64))
     counts["channels_kept"] = [int(i) for i in channels]
+    if shuffled:
+        out = shuffle_split(out["train"], config.val_fraction, config.test_fraction, seed)
     return out, scaler, counts
+
+
+def shuffle_split(windows: tuple[np.ndarray, np.ndarray, np.ndarray], val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Deal shuffled windows (x, y, lengths) out to train / val / test by the fractions (``data.split: shuffled``).
+
+    Raises:
+        SeriesDataError: a split would get no window.
+    """
+    x, y, lengths = windows
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val, n_test = int(round(len(x) * val_fraction)), int(round(len(x) * test_fraction))
+    parts = {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
+    wanted = {"val": val_fraction, "test": test_fraction, "train": 1.0}
+    empty = [name for name, idx in parts.items() if wanted[name] > 0 and not len(idx)]
+    if empty:
+        raise SeriesDataError(f"{len(x)} windows leave none for {', '.join(empty)}; "
+                              "use a longer series, a smaller data.window or other data.val_fraction/test_fraction")
+    return {name: (x[np.sort(idx)], y[np.sort(idx)], lengths[np.sort(idx)]) for name, idx in parts.items()}
 
 
 # --- the modality --------------------------------------------------------------------------------
