@@ -18,3 +18,18 @@ def test_overhead_bench_runs_and_writes_its_table(ray_cluster, tmp_path):
     for key in ("bare_train_s", "ray_train_s", "train_ratio", "bare_epoch_s", "ray_epoch_s", "epoch_ratio"):
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert record["machine"]["torch"] and record["settings"]["epochs"] == 2
+
+
+def test_epoch_cost_bench_times_every_variant(tmp_path):
+    from bench import epoch_cost
+
+    out = tmp_path / "epoch_cost.json"
+    epoch_cost.main(["--preset", "configs/image/tiny.yaml", "--train-limit", "256", "--batch-size", "64",
+                     "--repeats", "2", "--out", str(out)])
+    record = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in record["rows"]}
+    assert list(rows) == list(epoch_cost.VARIANTS) and record["steps"] == 4
+    for row in rows.values():
+        assert math.isfinite(row["ms_per_step"]) and row["ms_per_step"] > 0, row
+    assert rows["minimal"]["vs_minimal"] == 1.0
+    assert rows["loader"]["ms_per_step"] < rows["minimal"]["ms_per_step"]  # a training step also loads its batch
