@@ -28,9 +28,11 @@ Protocol:
      −ELBO on all test images, IWAE NLL with k samples on the first ``--test-examples`` ones
      (``vaeflow.metrics.likelihood.iwae_nll``; both models see the same random streams).
 
-Command (about 10–15 minutes on 2 idle cores; the trainers run one after the other):
+Commands (the trainers run one after the other; with ``--repeats`` R they take turns going first
+over R rounds, and the time ratios are the median of the per-round ratios):
 
-    python bench/pythae_compare.py --epochs 5 --k 1000 --test-examples 1000
+    python bench/pythae_compare.py --epochs 5 --k 1000 --test-examples 1000     # ~10–15 min on 2 idle cores
+    python bench/pythae_compare.py --epochs 3 --k 1000 --test-examples 500 --repeats 3
 
 Known differences between the two setups (also written to the JSON):
   * Dynamic binarisation: vaeflow draws fresh Bernoulli pixels per batch; pythae's trainer takes a
@@ -99,6 +101,7 @@ class Job:
     config: dict[str, Any]
     processed: str
     workdir: str
+    round: int = 0  # vaeflow names its Ray Train run by it: a finished run of the same name would be resumed, not retrained
 
 
 # --- pythae side -------------------------------------------------------------------------------------
@@ -250,11 +253,12 @@ def _train_vaeflow(job: Job) -> dict[str, Any]:
     os.environ.pop("RAY_ADDRESS", None)  # always a private cluster, so its daemons are in this process tree
     started = time.perf_counter()
     tags = tracking.lineage_tags(config, job.processed)
-    run_id = tracking.start_run(config, tags, run_name="bench-pythae")  # as stages.train: one MLflow run
+    name = f"bench-pythae-{job.round}"
+    run_id = tracking.start_run(config, tags, run_name=name)  # as stages.train: one MLflow run
     mlflow_s = time.perf_counter() - started
     init_ray()  # what fit() does first; timed on its own
     ray_s = time.perf_counter() - started - mlflow_s
-    result = fit(config, job.processed, run_name="bench-pythae", run_id=run_id, progress=False)
+    result = fit(config, job.processed, run_name=name, run_id=run_id, progress=False)
     total = time.perf_counter() - started
     tracking.client(config.tracking).set_terminated(run_id, "FINISHED")
     ray.shutdown()
@@ -326,17 +330,24 @@ def evaluate(model: VAE, config: cfg.ExperimentConfig, processed: Path, *, k: in
             "nll": nll}
 
 
+TIMED = ("epoch_s_median", "train_s_total", "cpu_s_tree")
+
+
+def _times(run: dict[str, Any]) -> dict[str, float]:
+    """A training run's steady epoch time (the first epoch pays for warm-up: allocations, oneDNN
+    kernels), its total time and the CPU seconds of its process tree."""
+    times = [row["epoch_time_s"] for row in run["history"]]
+    return {"epoch_s_median": median(times[1:] or times), "train_s_total": run["total_s"], "cpu_s_tree": run["cpu_s_tree"]}
+
+
 def _summarise(name: str, run: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     times = [row["epoch_time_s"] for row in run["history"]]
-    steady = times[1:] or times  # the first epoch pays for warm-up (allocations, oneDNN kernels)
     out = {
         "trainer": name,
         "epochs": len(times),
         "best_epoch": run["best_epoch"],
-        "epoch_s_median": median(steady),
-        "train_s_total": run["total_s"],
+        **_times(run),
         "overhead_s": run["total_s"] - sum(times),
-        "cpu_s_tree": run["cpu_s_tree"],
         "peak_rss_tree_mb": run["peak_rss_tree_mb"],
         "peak_rss_worker_mb": run.get("peak_rss_worker_mb", run["peak_rss_tree_mb"]),
         "test_neg_elbo": ev["test_neg_elbo"],
@@ -357,6 +368,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset of this many images")
     p.add_argument("--val-size", type=int, default=None, help="validation images (default: the preset's 5,000)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="training rounds, the trainers' order alternating; times are paired per round, the last round's models scored")
     p.add_argument("--cpus", type=int, default=2, help="torch threads of each trainer (vaeflow: cpus_per_worker)")
     p.add_argument("--workdir", default=None, help="keep data, logs, checkpoints here (default: a temp folder)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/pythae.json)")
@@ -384,11 +397,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"latent {config.model.latent_dim}, {args.cpus} threads each; work folder {work}", flush=True)
         job = Job(config=config.to_dict(), processed=str(paths.processed), workdir=str(work))
 
-        runs = {}
-        for name in ("pythae", "vaeflow"):
-            print(f"training with {name} …", flush=True)
-            runs[name] = run_trainer(name, job)
-            print(f"  {name}: {runs[name]['total_s']:.1f} s, peak tree RSS {runs[name]['peak_rss_tree_mb']:.0f} MB", flush=True)
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for r in range(args.repeats):
+            rounds.append({})
+            for name in ("pythae", "vaeflow") if r % 2 == 0 else ("vaeflow", "pythae"):  # drift falls on both
+                print(f"round {r + 1}/{args.repeats}: training with {name} …", flush=True)
+                run = rounds[-1][name] = run_trainer(name, dataclasses.replace(job, round=r))
+                print(f"  {name}: {run['total_s']:.1f} s, peak tree RSS {run['peak_rss_tree_mb']:.0f} MB", flush=True)
+        runs = rounds[-1]  # each round overwrites the model files: the last round's models are scored
 
         torch.set_num_threads(args.cpus)
         spec = registry.MODALITIES.get_or_raise(config.modality)().input_spec(paths.processed)
@@ -407,6 +423,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by = {r["trainer"]: r for r in rows}
     ratios = {key: by["vaeflow"][key] / by["pythae"][key]
               for key in ("epoch_s_median", "train_s_total", "cpu_s_tree", "peak_rss_tree_mb", "peak_rss_worker_mb")}
+    # Times from every round, paired within the round (the scored round's own figures are in `results`).
+    per_round = [{key: _times(rd["vaeflow"])[key] / _times(rd["pythae"])[key] for key in TIMED} for rd in rounds]
+    ratios |= {key: median([pr[key] for pr in per_round]) for key in TIMED}
     table_cols = ("trainer", "epochs", "best_epoch", "epoch_s_median", "train_s_total", "overhead_s", "cpu_s_tree",
                   "peak_rss_tree_mb", "peak_rss_worker_mb", "test_neg_elbo", "test_nll_iwae", "test_nll_iwae_sem")
     print_table([{c: r[c] for c in table_cols} for r in rows],
@@ -422,12 +441,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"({v['processes_seen']} processes), worker niceness {v.get('worker_nice')}")
     print("differences between the setups:\n  - " + "\n  - ".join(DIFFERENCES))
     record = {
-        "settings": {"epochs": args.epochs, "k": args.k, "test_examples": args.test_examples,
+        "settings": {"epochs": args.epochs, "repeats": args.repeats, "k": args.k, "test_examples": args.test_examples,
                      "train_limit": args.train_limit, "batch_size": config.train.batch_size, "lr": config.train.lr,
                      "latent_dim": config.model.latent_dim, "threads": args.cpus, "n_train": counts["n_train"],
                      "n_val": counts["n_val"], "n_test": counts["n_test"]},
         "results": rows,
         "ratios_vaeflow_over_pythae": ratios,
+        "ratios_per_round": per_round,
+        "rounds_epoch_times_s": [{n: [row["epoch_time_s"] for row in run["history"]] for n, run in rd.items()} for rd in rounds],
         "paired_nll": paired,
         "differences": DIFFERENCES,
     }

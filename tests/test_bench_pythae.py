@@ -48,7 +48,7 @@ def test_pythae_wrappers_give_vaeflow_likelihood():
 def test_pythae_compare_smoke(tmp_path):
     out = tmp_path / "pythae.json"
     record = pythae_compare.main(["--train-limit", "512", "--epochs", "1", "--k", "5", "--test-examples", "64",
-                                  "--val-size", "512", "--out", str(out)])
+                                  "--val-size", "512", "--repeats", "2", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "pythae"
     assert saved["results"] == json.loads(json.dumps(record["results"]))
@@ -61,5 +61,9 @@ def test_pythae_compare_smoke(tmp_path):
         assert row["epochs"] == 1
     assert rows["vaeflow"]["peak_rss_worker_mb"] < rows["vaeflow"]["peak_rss_tree_mb"]
     assert set(saved["ratios_vaeflow_over_pythae"]) >= {"epoch_s_median", "peak_rss_tree_mb"}
+    assert len(saved["ratios_per_round"]) == 2 and all(r["epoch_s_median"] > 0 for r in saved["ratios_per_round"])
+    # Every round trains anew (a resumed vaeflow run would replay the first round's epoch times).
+    times = [rd["vaeflow"] for rd in saved["rounds_epoch_times_s"]]
+    assert len(times) == 2 and times[0] != times[1]
     assert math.isfinite(saved["paired_nll"]["nll_vaeflow_minus_pythae"])
     assert saved["settings"]["n_train"] == 512 and saved["differences"]
