@@ -73,8 +73,8 @@ def test_shuffled_split_is_the_papers_protocol_and_seeded():
     again, _, _ = build_splits(RawSeries(["a", "b"], series=series), config, seed=0)
     other, _, _ = build_splits(RawSeries(["a", "b"], series=series), config, seed=1)
     assert np.array_equal(again["val"][0], splits["val"][0]) and not np.array_equal(other["val"][0], splits["val"][0])
-    with pytest.raises(SeriesDataError, match="leave none for val"):
-        build_splits(RawSeries(["a", "b"], series=series[:12]), config, seed=0)  # 3 windows: 1 each would round to 0 + 1
+    with pytest.raises(SeriesDataError, match="leave none for val, test"):
+        build_splits(RawSeries(["a", "b"], series=series[:11]), config, seed=0)  # 2 windows: 20 % of 2 rounds to 0
 
 def test_missing_values_impute_drop_reject_with_counts():
     series = np.tile(np.arange(60, dtype=float)[:, None], (1, 2))
