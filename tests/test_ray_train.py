@@ -93,3 +93,24 @@ def test_resume_continues_from_the_latest_checkpoint(project, ray_cluster):
     assert best["history"][-1][SCORE] == min(row[SCORE] for row in resumed.history[: best["epoch"]])
     model, _, _ = checkpoint.load_model(resumed.latest)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_class_conditional_model_is_logged_and_served_with_a_label(tmp_path):
+    """The model logging step encodes its input example the way the served model does: a conditional
+    model gets the default label (it used to call encode without one and fail after training)."""
+    from vaeflow.models.vae import build_model
+
+    config = tiny_config(tmp_path, "model.conditional=true")
+    spec = {"channels": 1, "height": 28, "width": 28, "num_classes": 10}
+    torch.manual_seed(0)
+    model = build_model(config.model, spec)
+    model_file = tmp_path / "model.pt"
+    checkpoint.save(model_file, model=model.state_dict(), config=config.to_dict(), input_spec=spec, epoch=1)
+    run_id = tracking.start_run(config, {}, run_name="conditional")
+    example = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    version = stages._log_model(config, run_id, model_file, example, {})
+    served = mlflow.pyfunc.load_model(f"models:/{config.tracking.registered_model}/{version}")
+    x = torch.from_numpy(example)
+    for label in (0, 7):
+        expected = model.eval().encode(x, torch.full((3,), label)).mu.detach().numpy()
+        np.testing.assert_allclose(served.predict(example, params={"label": label}), expected, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -105,11 +106,13 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
     import mlflow
     from mlflow.models import infer_signature
 
-    from vaeflow.serving import PREDICT_PARAMS
+    from vaeflow.serving import PREDICT_PARAMS, VAEPyfunc
 
-    model, _, state = checkpoint.load_model(model_file)
-    with torch.no_grad():
-        output = model.encode(_modality(config).encoder_input(example, state["input_spec"])).mu.numpy()
+    # The signature's output is what the logged model answers (encode mode, default params), so a
+    # conditional model gets its default condition here exactly as it will when served.
+    pyfunc = VAEPyfunc()
+    pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(model_file)}))
+    output = pyfunc.predict(None, example)
     signature = infer_signature(example, output, params=PREDICT_PARAMS)
     name = config.tracking.registered_model
     with mlflow.start_run(run_id=run_id):
