@@ -65,7 +65,8 @@ def one_class_run(raw: RawSeries, normal: int, config: cfg.ExperimentConfig, epo
                                 generator=torch.Generator().manual_seed(seed))
     is_anomaly = y_test != normal
     out = {"n_train": len(y_train), "n_test": len(y_test), "anomaly_rate": float(is_anomaly.mean())}
-    nearest = torch.cdist(torch.as_tensor(x_test).flatten(1), torch.as_tensor(x_train).flatten(1)).min(1).values
+    flat = lambda x: torch.nan_to_num(torch.as_tensor(x)).flatten(1)  # noqa: E731  (padding is NaN in storage, 0 as model input)
+    nearest = torch.cdist(flat(x_test), flat(x_train)).min(1).values
     for name, s in (("recon_prob", scores.recon_prob), ("neg_elbo", scores.neg_elbo), ("1nn_distance", nearest.numpy())):
         out[f"auroc_{name}"] = tsm.auroc(s, is_anomaly)
         out[f"best_f1_{name}"] = tsm.best_f1(s, is_anomaly)[0]

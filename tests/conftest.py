@@ -15,8 +15,9 @@ TINY = ROOT / "configs/image/tiny.yaml"
 
 # Downloads (where no mirror is configured) land in one cache instead of every test's temp folder.
 os.environ.setdefault("VAEFLOW_DATA_CACHE", str(ROOT / "data/raw"))
-# Ray Train's controller collects reports every 2 s and a worker's next report waits until the
-# previous one is collected: with the tests' sub-second epochs that poll, not training, sets the pace.
+# Ray Train's controller collects reports every 2 s (0.5 s on init_ray's private clusters) and a
+# worker's next report waits until the previous one is collected: with the tests' sub-second epochs
+# that poll, not training, would set the pace.
 # (Set before any Ray cluster starts, so the controller and the tests' subprocesses inherit it.)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 

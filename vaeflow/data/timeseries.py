@@ -396,7 +396,8 @@ def shuffle_split(windows: tuple[np.ndarray, np.ndarray, np.ndarray], val_fracti
     if empty:
         raise SeriesDataError(f"{len(x)} windows leave none for {', '.join(empty)}; "
                               "use a longer series, a smaller data.window or other data.val_fraction/test_fraction")
-    return {name: (x[np.sort(idx)], y[np.sort(idx)], lengths[np.sort(idx)]) for name, idx in parts.items()}
+    parts = {name: np.sort(idx) for name, idx in parts.items()}
+    return {name: (x[idx], y[idx], lengths[idx]) for name, idx in parts.items()}
 
 
 # --- the modality --------------------------------------------------------------------------------
