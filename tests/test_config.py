@@ -102,3 +102,15 @@ def test_flat_params_and_digest():
     assert flat["model.encoder.channels"] == "[8, 16]"
     assert a.digest() != b.digest()
     assert a.digest(exclude=("sample",)) == b.digest(exclude=("sample",))
+
+
+def test_model_options_its_modules_reject_fail_before_training(project):
+    """The decoder rejects an odd setting only when it is built: train builds the model on the driver
+    first, so the user sees one config error, and no MLflow run or Ray job starts."""
+    from vaeflow import stages
+    from tests.conftest import tiny_config
+
+    config = tiny_config(project, "model.decoder.channels=[8, 8, 8]")  # 28 px is not divisible by 2^3
+    with pytest.raises(cfg.ConfigError, match=r"^model: .*not divisible by 2\^3.*; change it in the preset or with --set$"):
+        stages.train(config, stages.Paths.for_modality("image", project), progress=False)
+    assert not (project / "mlflow.db").exists() and not (project / "ray_results").exists()

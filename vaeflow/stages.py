@@ -134,12 +134,24 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
     return version
 
 
+def _check_model_builds(config: ExperimentConfig, modality: Any, processed: Path) -> None:
+    """Build the model once here, so an option its modules reject (an even kernel, a word dropout
+    of 1.5) fails in one line before any Ray worker starts, not as a traceback from each worker."""
+    from vaeflow.models.vae import build_model
+
+    try:
+        build_model(config.model, modality.input_spec(processed))
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}; change it in the preset or with --set") from None
+
+
 def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from vaeflow import plots
     from vaeflow.training.ray import TrainingError, fit
 
     modality = _modality(config)
     tags = tracking.lineage_tags(config, paths.processed)
+    _check_model_builds(config, modality, paths.processed)
     submission = os.environ.get(SUBMISSION_ENV)
     if submission:
         tags["ray.submission_id"] = submission
