@@ -185,3 +185,35 @@ def test_decode_expands_the_target_along_sample_dimensions():
     lp = model.decoder.log_prob(out, target)
     assert lp.shape == (5, 4)
     assert torch.allclose(lp[3], model.decoder.log_prob(model.decode(z[3], None, target), target), atol=1e-5)
+
+
+def test_word_dropout_blanks_teacher_forced_inputs_only_while_training():
+    """Word dropout replaces the decoder's previous-token inputs by <pad> (zero embedding) during
+    training: the logits at a dropped step no longer depend on the token it hid, the first step
+    (<bos>) is never dropped, and an evaluating model is unaffected."""
+    from vaeflow.data.molecules import MoleculeTarget
+
+    spec, enc, _, batch = FAMILIES["gine/selfies_gru"]
+    torch.manual_seed(0)
+    dec = ModuleSpec("selfies_gru", {"embed": 4, "hidden": 8, "layers": 1, "word_dropout": 0.999})
+    model = build_model(ModelConfig(latent_dim=3, encoder=enc, decoder=dec), spec)
+    decoder = model.decoder
+    x, target, _ = batch(6, torch.Generator().manual_seed(0))
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    other = MoleculeTarget(tokens=target.tokens.roll(1, 0), properties=target.properties)
+
+    decoder.train()
+    torch.manual_seed(2)
+    a = decoder(z, None, target).params
+    torch.manual_seed(2)
+    b = decoder(z, None, other).params
+    assert torch.allclose(a, b)  # every input after <bos> dropped: the tokens no longer matter
+
+    decoder.eval()
+    a, b = decoder(z, None, target).params, decoder(z, None, other).params
+    assert torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, 1:], b[:, 1:])
+    decoder.word_dropout = 0.0
+    assert torch.equal(a, decoder(z, None, target).params)
+
+    with pytest.raises(ValueError, match="word_dropout must be in"):
+        build_model(ModelConfig(latent_dim=3, encoder=enc, decoder=ModuleSpec("selfies_gru", {"word_dropout": 1.0})), spec)

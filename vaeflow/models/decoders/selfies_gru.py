@@ -33,6 +33,11 @@ class SelfiesGRUDecoder(nn.Module):
         hidden: GRU width.
         layers: GRU layers.
         dropout: dropout between GRU layers and on token embeddings while teacher forcing.
+        word_dropout: while training, the share of teacher-forced input tokens (after ``<bos>``)
+            replaced by ``<pad>``, whose embedding is fixed at zero (Bowman et al. 2016,
+            https://arxiv.org/abs/1511.06349). A decoder that cannot read the previous tokens must
+            read z, the usual remedy when an autoregressive decoder models the molecules well enough
+            on its own that the KL falls to the free-bits floor.
         max_len: longest generated sequence (tokens, ``<eos>`` included); None uses the data's longest.
         temperature: softmax temperature when sampling tokens (``generate(mean=False)``).
         predict_properties: add the property head and its likelihood term.
@@ -54,6 +59,7 @@ class SelfiesGRUDecoder(nn.Module):
         hidden: int = 256,
         layers: int = 2,
         dropout: float = 0.0,
+        word_dropout: float = 0.0,
         max_len: int | None = None,
         temperature: float = 1.0,
         predict_properties: bool = True,
@@ -63,6 +69,9 @@ class SelfiesGRUDecoder(nn.Module):
         self.pad, self.bos, self.eos = (self.vocab.index(t) for t in (PAD, BOS, EOS))
         self.max_len = int(max_len or input_spec["max_tokens"])
         self.temperature = temperature
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        self.word_dropout = word_dropout
         self.layers, self.hidden = layers, hidden
         code = latent_dim + cond_dim
         v = len(self.vocab)
@@ -106,6 +115,10 @@ class SelfiesGRUDecoder(nn.Module):
             return DecoderOutput(params=code, aux=aux)
         tokens = target.tokens.long()  # (N, L)
         inputs = torch.cat([torch.full_like(tokens[:, :1], self.bos), tokens[:, :-1]], 1)  # shift right: <bos> t1 … t_{L-1}
+        if self.training and self.word_dropout > 0:
+            drop = torch.rand(inputs.shape, device=inputs.device) < self.word_dropout
+            drop[:, 0] = False  # <bos> stays
+            inputs = inputs.masked_fill(drop, self.pad)
         e = self.drop(self.embed(inputs))  # (N, L, E)
         e = torch.cat([e, code[:, None].expand(-1, e.shape[1], -1)], -1)  # z at every step: (N, L, E + code)
         h, _ = self.gru(e, self._h0(code))
