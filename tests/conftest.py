@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root, a tiny prepared Fashion-MNIST subset, one Ray cluster per session."""
+"""Shared fixtures: the repository root, tiny prepared Fashion-MNIST and MOSES subsets, one Ray cluster per session."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from vaeflow import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/image/tiny.yaml"
+MOL_TINY = ROOT / "configs/molecule/tiny.yaml"
 
 # Downloads (where no mirror is configured) land in one cache instead of every test's temp folder.
 os.environ.setdefault("VAEFLOW_DATA_CACHE", str(ROOT / "data/raw"))
@@ -42,6 +43,15 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = cfg.load(TINY)
     stages.prepare(config, stages.Paths.for_modality("image", root), progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def mol_data(tmp_path_factory):
+    """A project folder whose data/processed/molecule holds the tiny preset's real MOSES subset, and
+    the prepare stage's counts."""
+    root = tmp_path_factory.mktemp("mol_project")
+    counts = stages.prepare(cfg.load(MOL_TINY), stages.Paths.for_modality("molecule", root), progress=False)
+    return root, counts
 
 
 @pytest.fixture

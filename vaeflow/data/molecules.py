@@ -78,7 +78,7 @@ class Featurised:
     """One molecule, ready to store.
 
     Shapes:
-        atoms: (n_atoms, len(ATOM_FEATURES)) int8; edge_index: (2, 2 * n_bonds) int64 (both
+        atoms: (n_atoms, len(ATOM_FEATURES)) int8; edge_index: (2, 2 * n_bonds) int16 (both
         directions); bonds: (2 * n_bonds, len(BOND_FEATURES)) int8; properties: (len(chem.PROPERTIES),).
     """
 
@@ -97,7 +97,8 @@ def graph_features(mol: Any, elements: Sequence[str]) -> tuple[np.ndarray, np.nd
         Rejected: an element outside ``elements`` or a bond type outside ``BOND_TYPES``.
 
     Shapes:
-        returns atoms (A, len(ATOM_FEATURES)) int8, edge_index (2, 2B) int64 (each bond both ways),
+        returns atoms (A, len(ATOM_FEATURES)) int8, edge_index (2, 2B) int16 (each bond both ways;
+        atom indices are local, and int16 keeps the full MOSES edge index at a quarter of int64),
         bonds (2B, len(BOND_FEATURES)) int8.
     """
     atoms = []
@@ -125,7 +126,7 @@ def graph_features(mol: Any, elements: Sequence[str]) -> tuple[np.ndarray, np.nd
         bonds += [feat, feat]
     return (
         np.asarray(atoms, dtype=np.int8).reshape(-1, len(ATOM_FEATURES)),
-        np.asarray([src, dst], dtype=np.int64).reshape(2, -1),
+        np.asarray([src, dst], dtype=np.int16).reshape(2, -1),
         np.asarray(bonds, dtype=np.int8).reshape(-1, len(BOND_FEATURES)),
     )
 
@@ -183,7 +184,7 @@ class Chunk:
     smiles: list[str]
     selfies: list[str]
     atoms: np.ndarray  # (n_atoms_total, F_atom) int8
-    edge_index: np.ndarray  # (2, n_edges_total) int64, local to each molecule
+    edge_index: np.ndarray  # (2, n_edges_total) int16, local to each molecule
     bonds: np.ndarray  # (n_edges_total, F_bond) int8
     n_atoms: np.ndarray  # (n,) int64
     n_edges: np.ndarray  # (n,) int64
@@ -208,7 +209,7 @@ def featurise_chunk(records: list[tuple[int, str]], elements: Sequence[str], max
         smiles=[m.smiles for m in mols],
         selfies=[m.selfies for m in mols],
         atoms=cat([m.atoms for m in mols], (0, len(ATOM_FEATURES))),
-        edge_index=np.concatenate([m.edge_index for m in mols], 1) if mols else np.zeros((2, 0), np.int64),
+        edge_index=np.concatenate([m.edge_index for m in mols], 1) if mols else np.zeros((2, 0), np.int16),
         bonds=cat([m.bonds for m in mols], (0, len(BOND_FEATURES))),
         n_atoms=np.asarray([len(m.atoms) for m in mols], dtype=np.int64),
         n_edges=np.asarray([m.edge_index.shape[1] for m in mols], dtype=np.int64),
@@ -408,7 +409,7 @@ def _collate_chunks(chunks: list[Chunk]) -> dict[str, Any]:
     n_edges = np.concatenate([c.n_edges for c in chunks]) if chunks else np.zeros(0, np.int64)
     return {
         "atoms": torch.from_numpy(np.concatenate([c.atoms for c in chunks])) if chunks else torch.zeros(0, len(ATOM_FEATURES), dtype=torch.int8),
-        "edge_index": torch.from_numpy(np.concatenate([c.edge_index for c in chunks], 1)) if chunks else torch.zeros(2, 0, dtype=torch.long),
+        "edge_index": torch.from_numpy(np.concatenate([c.edge_index for c in chunks], 1)) if chunks else torch.zeros(2, 0, dtype=torch.int16),
         "bonds": torch.from_numpy(np.concatenate([c.bonds for c in chunks])) if chunks else torch.zeros(0, len(BOND_FEATURES), dtype=torch.int8),
         "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_atoms)])),
         "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_edges)])),
@@ -472,7 +473,7 @@ def _drop(data: dict[str, Any], rows: list[int]) -> dict[str, Any]:
 def _graph(f: Featurised) -> Any:
     from torch_geometric.data import Data
 
-    return Data(x=torch.from_numpy(f.atoms).long(), edge_index=torch.from_numpy(f.edge_index),
+    return Data(x=torch.from_numpy(f.atoms).long(), edge_index=torch.from_numpy(f.edge_index).long(),
                 edge_attr=torch.from_numpy(f.bonds).long(), num_nodes=len(f.atoms))
 
 
@@ -494,7 +495,7 @@ def novelty_reference(dataset: str) -> frozenset[str]:
 class MoleculeDataset(torch.utils.data.Dataset):
     """A processed split held as collated tensors; items are PyG ``Data`` built by slicing.
 
-    Each item has ``x`` (n_atoms, F_atom) long, ``edge_index`` (2, n_edges), ``edge_attr``
+    Each item has ``x`` (n_atoms, F_atom) long, ``edge_index`` (2, n_edges) long, ``edge_attr``
     (n_edges, F_bond) long, ``tokens`` (1, L) long and ``properties`` (1, P) float (standardised).
     """
 
@@ -514,7 +515,7 @@ class MoleculeDataset(torch.utils.data.Dataset):
         e0, e1 = int(d["edge_ptr"][i]), int(d["edge_ptr"][i + 1])
         return Data(
             x=d["atoms"][a0:a1].long(),
-            edge_index=d["edge_index"][:, e0:e1],
+            edge_index=d["edge_index"][:, e0:e1].long(),  # stored as int16 (data prepared before: int64)
             edge_attr=d["bonds"][e0:e1].long(),
             tokens=d["tokens"][i : i + 1].long(),  # (1, L): PyG concatenates these into (B, L)
             properties=self.props[i : i + 1],
