@@ -114,3 +114,16 @@ def test_model_options_its_modules_reject_fail_before_training(project):
     with pytest.raises(cfg.ConfigError, match=r"^model: .*not divisible by 2\^3.*; change it in the preset or with --set$"):
         stages.train(config, stages.Paths.for_modality("image", project), progress=False)
     assert not (project / "mlflow.db").exists() and not (project / "ray_results").exists()
+
+
+def test_stages_without_their_inputs_say_which_stage_to_run(tmp_path):
+    from vaeflow import stages
+    from tests.conftest import tiny_config
+
+    config, paths = tiny_config(tmp_path), stages.Paths.for_modality("image", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"data/processed/image not found; run the prepare stage first \(dvc repro prepare@image"):
+        stages.train(config, paths, progress=False)
+    for stage in (stages.sample, stages.evaluate):
+        with pytest.raises(FileNotFoundError, match=r"models/image/model\.pt not found; run the train stage first"):
+            stage(config, paths, progress=False)
+    assert not (tmp_path / "mlflow.db").exists()

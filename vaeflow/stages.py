@@ -150,6 +150,9 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     from vaeflow.training.ray import TrainingError, fit
 
     modality = _modality(config)
+    if not paths.processed.is_dir():
+        raise FileNotFoundError(f"{paths.processed} not found; run the prepare stage first "
+                                f"(dvc repro prepare@{config.modality}, or vaeflow prepare --modality {config.modality})")
     tags = tracking.lineage_tags(config, paths.processed)
     _check_model_builds(config, modality, paths.processed)
     submission = os.environ.get(SUBMISSION_ENV)
@@ -211,10 +214,11 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
 
 
 def _load_trained(paths: Paths, config: ExperimentConfig) -> tuple[Any, dict[str, Any]]:
-    model, _, _ = checkpoint.load_model(paths.model / "model.pt", map_location=_device(config))
     run_file = paths.model / "run.json"
-    if not run_file.is_file():
-        raise FileNotFoundError(f"{run_file} not found; run the train stage first (dvc repro train@{config.modality})")
+    for needed in (paths.model / "model.pt", run_file):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found; run the train stage first (dvc repro train@{config.modality})")
+    model, _, _ = checkpoint.load_model(paths.model / "model.pt", map_location=_device(config))
     return model, json.loads(run_file.read_text())
 
 
