@@ -22,6 +22,7 @@ on the validation molecules:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -79,15 +80,29 @@ def diagnostics(model: Any, val: Any, modality: Any, config: cfg.ExperimentConfi
     return out
 
 
-def run_variant(name: str, config: cfg.ExperimentConfig, paths: stages.Paths, device: torch.device, *, n_recon: int,
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """What every variant trains and is measured on, loaded once."""
+
+    modality: Any
+    train: Any
+    val: Any
+    spec: dict[str, Any]
+    train_smiles: frozenset[str]
+    reference: dict[str, Any] | None  # MOSES's stored test statistics, where the data set has them
+
+    @classmethod
+    def load(cls, processed: Path, dataset: str) -> Data:
+        modality = registry.MODALITIES.get_or_raise("molecule")()
+        train = modality.load(processed, "train")
+        stats = DATASETS.get_or_raise(dataset).reference_stats.get("test")
+        return cls(modality, train, modality.load(processed, "val"), modality.input_spec(processed),
+                   frozenset(train.smiles), M.load_reference(stats()) if stats else None)
+
+
+def run_variant(name: str, config: cfg.ExperimentConfig, data: Data, device: torch.device, *, n_recon: int,
                 n_samples: int) -> list[dict[str, Any]]:
-    modality = registry.MODALITIES.get_or_raise("molecule")()
-    train, val = modality.load(paths.processed, "train"), modality.load(paths.processed, "val")
-    train_smiles = frozenset(train.smiles)
-    source = DATASETS.get_or_raise(config.data.dataset)
-    stats = source.reference_stats.get("test")
-    reference = M.load_reference(stats()) if stats else None
-    spec = modality.input_spec(paths.processed)
+    modality, train, val, spec = data.modality, data.train, data.val, data.spec
     torch.manual_seed(config.seed)
     model = build_model(config.model, spec).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
@@ -101,7 +116,7 @@ def run_variant(name: str, config: cfg.ExperimentConfig, paths: stages.Paths, de
                                       generator=seeded_generator(device, config.seed, "train", epoch))
         row = {"variant": name, "epoch": epoch + 1, "train_s": clock.wall, "beta": train_metrics["beta"],
                "train_kl": train_metrics["kl"]}
-        row |= diagnostics(model, val, modality, config, train_smiles, reference, device,
+        row |= diagnostics(model, val, modality, config, data.train_smiles, data.reference, device,
                            n_recon=n_recon, n_samples=n_samples)
         rows.append(row)
         print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
@@ -116,11 +131,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--variant", action="append", default=None,
                    help="NAME=key=value[,key=value…]: one trained model per variant (repeatable)")
     p.add_argument("--recon", type=int, default=500, help="validation molecules decoded for recon_acc")
-    p.add_argument("--samples", type=int, default=1000, help="prior samples for unique / novel")
+    p.add_argument("--samples", type=int, default=1000, help="prior samples for unique / novel / FCD_Test")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when there is one; the preset's precision applies there)")
-    p.add_argument("--root", default=None, help="project folder with prepared data (default: prepare in a temp dir)")
+    p.add_argument("--root", default=None, help="project folder with prepared data, used as it is (--train-limit then "
+                   "has no effect; default: prepare in a temp dir)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/molecule_collapse.json)")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
@@ -138,8 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paths = stages.Paths.for_modality("molecule", Path(args.root or tmp))
         if not (paths.processed / "spec.json").exists():
             stages.prepare(next(iter(configs.values())), paths, progress=False)
+        data = Data.load(paths.processed, next(iter(configs.values())).data.dataset)
         rows = [row for name, config in configs.items()
-                for row in run_variant(name, config, paths, torch.device(args.device), n_recon=args.recon,
+                for row in run_variant(name, config, data, torch.device(args.device), n_recon=args.recon,
                                        n_samples=args.samples)]
     last = [r for r in rows if r["epoch"] == max(x["epoch"] for x in rows if x["variant"] == r["variant"])]
     print_table(rows, "Per epoch")

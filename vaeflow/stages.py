@@ -153,8 +153,8 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     if not paths.processed.is_dir():
         raise FileNotFoundError(f"{paths.processed} not found; run the prepare stage first "
                                 f"(dvc repro prepare@{config.modality}, or vaeflow prepare --modality {config.modality})")
+    _check_model_builds(config, modality, paths.processed)  # before hashing the data: a mistake fails at once
     tags = tracking.lineage_tags(config, paths.processed)
-    _check_model_builds(config, modality, paths.processed)
     submission = os.environ.get(SUBMISSION_ENV)
     if submission:
         tags["ray.submission_id"] = submission
