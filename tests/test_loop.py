@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from vaeflow import config as cfg
 from vaeflow.data.images import ImageModality
+from vaeflow.data.molecules import MoleculeModality
 from vaeflow.models.vae import build_model
 from vaeflow.training.loop import NonFiniteLossError, run_epoch, seeded_generator
-from tests.conftest import tiny_config
+from tests.conftest import MOL_TINY, tiny_config
 
 
 def _setup(tiny_data, tmp_path, *overrides):
@@ -66,11 +70,9 @@ def test_bf16_autocast_runs_on_cpu(tiny_data, tmp_path):
     assert next(model.parameters()).dtype == torch.float32  # weights stay fp32; only the forward is bf16
 
 
-def test_an_epoch_resumed_from_a_mid_epoch_checkpoint_ends_exactly_like_an_uninterrupted_one(tiny_data, tmp_path):
-    import copy
-
-    config, m, model, _ = _setup(tiny_data, tmp_path)
-    loader = DataLoader(m.load(tiny_data / "data/processed/image", "train"), batch_size=64, shuffle=False)
+def _resume_from_step_3_matches_uninterrupted(model, loader, modality, config) -> None:
+    """Train one epoch with checkpoints every 3 steps, then rerun it from the step-3 checkpoint: the
+    metrics and the final weights must be identical."""
     cpu = torch.device("cpu")
     reseed = lambda step: seeded_generator(cpu, 0, "train", 0, *([step] if step else []))  # noqa: E731
     start = copy.deepcopy(model.state_dict())
@@ -80,17 +82,37 @@ def test_an_epoch_resumed_from_a_mid_epoch_checkpoint_ends_exactly_like_an_unint
     def keep(step, totals):
         snapshots[step] = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), totals)
 
-    full = run_epoch(model, loader, m, config, epoch=0, device=cpu, optimizer=opt, generator=None,
+    full = run_epoch(model, loader, modality, config, epoch=0, device=cpu, optimizer=opt, generator=None,
                      checkpoint_every=3, on_checkpoint=keep, reseed=reseed)
-    assert sorted(snapshots) == [3, 6]  # 8 steps: checkpoints inside the epoch only
+    assert 3 in snapshots and len(loader) not in snapshots  # checkpoints inside the epoch only
     end_weights = copy.deepcopy(model.state_dict())
 
+    torch.manual_seed(12345)  # a restarted worker's global RNG is wherever its start left it
     weights, opt_state, totals = snapshots[3]
     model.load_state_dict(weights)
     opt = torch.optim.Adam(model.parameters())
     opt.load_state_dict(opt_state)
-    resumed = run_epoch(model, loader, m, config, epoch=0, device=cpu, optimizer=opt, generator=None,
+    resumed = run_epoch(model, loader, modality, config, epoch=0, device=cpu, optimizer=opt, generator=None,
                         start_step=3, totals=totals, checkpoint_every=3, on_checkpoint=lambda *a: None, reseed=reseed)
     assert resumed == pytest.approx(full, rel=1e-12)
     assert all(torch.equal(end_weights[k], v) for k, v in model.state_dict().items())
     assert not all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_epoch_resumed_from_a_mid_epoch_checkpoint_ends_exactly_like_an_uninterrupted_one(tiny_data, tmp_path):
+    config, m, model, _ = _setup(tiny_data, tmp_path)
+    loader = DataLoader(m.load(tiny_data / "data/processed/image", "train"), batch_size=64, shuffle=False)
+    _resume_from_step_3_matches_uninterrupted(model, loader, m, config)
+
+
+def test_a_resumed_epoch_is_exact_with_dropout_and_word_dropout(mol_data, tmp_path):
+    """nn.Dropout and word dropout draw from torch's global RNG, which the loop seeds from the
+    step's generator, so a model with dropout also resumes exactly."""
+    config = cfg.load(MOL_TINY, overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "model.encoder.dropout=0.2",
+                                           "model.decoder.dropout=0.3", "model.decoder.word_dropout=0.25"])
+    m = MoleculeModality()
+    processed = mol_data[0] / "data/processed/molecule"
+    torch.manual_seed(0)
+    model = build_model(config.model, m.input_spec(processed))
+    loader = DataLoader(m.load(processed, "train"), batch_size=32, shuffle=False, collate_fn=m.collate_fn())
+    _resume_from_step_3_matches_uninterrupted(model, loader, m, config)

@@ -90,8 +90,9 @@ def run_epoch(
     Mid-epoch checkpoints (training only): every ``checkpoint_every`` steps, ``on_checkpoint(step,
     totals)`` gets the running totals summed over all workers. A run resumed from such a checkpoint
     passes ``start_step`` and those ``totals`` (on one worker only). ``reseed(step)`` gives the
-    generator for the steps from ``step`` on, so the randomness after a checkpoint never depends on
-    the steps before it and a resumed epoch continues exactly.
+    generator for the steps from ``step`` on, and torch's global RNG (which ``nn.Dropout`` and word
+    dropout draw from) is seeded from it at that step, so the randomness after a checkpoint never
+    depends on the steps before it and a resumed epoch continues exactly.
 
     Raises:
         NonFiniteLossError: the loss or the gradient norm is NaN/inf (same step on every worker,
@@ -104,6 +105,7 @@ def run_epoch(
     sums = dict.fromkeys(METRICS, 0.0) | {"n": 0.0} | (totals or {})
     if reseed is not None:
         generator = reseed(start_step)
+    seed_global_rng = reseed is not None  # at the next step trained, not before: iterating the loader may draw from it
     beta = config.loss.beta
     desc = f"epoch {epoch + 1}/{config.train.epochs} {'train' if train else 'val'}"
     bar = progress(total=n_steps, desc=desc) if progress else None
@@ -112,6 +114,9 @@ def run_epoch(
         for step, batch in enumerate(loader):
             if step < start_step:  # trained on before the checkpoint this run resumed from
                 continue
+            if seed_global_rng:
+                torch.manual_seed(int(torch.randint(2**62, (), generator=generator, device=generator.device)))
+                seed_global_rng = False
             batch = to_device(batch, device)
             inputs = modality.model_inputs(batch, config.data, train=train, generator=generator)
             if train:
@@ -143,6 +148,7 @@ def run_epoch(
                 on_checkpoint(done, _reduce(dict(sums), device))
                 if reseed is not None:
                     generator = reseed(done)
+                    seed_global_rng = True
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
