@@ -73,7 +73,10 @@ def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
     assert name == run_dir.name + "-2" and new_run != r.info.run_id
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_latest_checkpoint(project, ray_cluster):
+    """Two fits (about 35 s): ``-m slow``. The default suite covers resuming with more epochs (the
+    NaN test), by the same command after a kill (test_fault_tolerance) and exactly (test_loop)."""
     config1 = tiny_config(project, "train.epochs=1")
     config3 = tiny_config(project, "train.epochs=3")
     run_id = tracking.start_run(config1, {}, run_name="resume-test")
