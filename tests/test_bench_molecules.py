@@ -1,5 +1,5 @@
 """Smoke tests of the molecule benchmarks (bench/featurise.py, bench/sampling.py,
-bench/molecule_collapse.py) at tiny sizes:
+bench/molecule_collapse.py, bench/fcd_memory.py) at tiny sizes:
 each runs end to end in-process and writes a JSON record with the expected keys and sane rates."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 
-from bench import featurise, molecule_collapse, sampling
+from bench import fcd_memory, featurise, molecule_collapse, sampling
 from tests.conftest import ROOT
 
 
@@ -67,3 +67,12 @@ def test_collapse_benchmark_reports_every_variant_and_epoch(tmp_path, mol_data):
             assert _positive(row[key]), key
         assert 0 <= row["active_units"] <= 8 and 0 <= row["recon_acc"] <= 1 and 0 < row["unique"] <= 1
     assert [r["beta"] for r in record["rows"]] == [1.0, 1.0, 0.05, 0.05]  # each variant trains at its own β
+
+
+def test_fcd_memory_benchmark_compares_both_implementations(tmp_path):
+    out = tmp_path / "fcd_memory.json"
+    fcd_memory.main(["--sizes", "24", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["molecules"] == 24 and row["max_abs_diff"] == 0.0  # the same statistics, computed either way
+    for key in ("fcd_torch_peak_mb", "vaeflow_peak_mb", "peak_ratio", "fcd_torch_s", "vaeflow_s"):
+        assert _positive(row[key]), key
