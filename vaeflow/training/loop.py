@@ -115,7 +115,9 @@ def run_epoch(
             if step < start_step:  # trained on before the checkpoint this run resumed from
                 continue
             if seed_global_rng:
-                torch.manual_seed(int(torch.randint(2**62, (), generator=generator, device=generator.device)))
+                # A stream of its own, derived without drawing from the generator (which would shift
+                # the sampling noise of every model, with dropout or not).
+                torch.manual_seed(generator.initial_seed() + 1)
                 seed_global_rng = False
             batch = to_device(batch, device)
             inputs = modality.model_inputs(batch, config.data, train=train, generator=generator)
