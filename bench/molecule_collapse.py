@@ -10,7 +10,9 @@ on the validation molecules:
   * ``active_units``: latent dimensions whose posterior mean varies across molecules,
     Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016);
   * ``recon_acc``: share of molecules whose greedy decoding from the posterior mean is the same
-    canonical molecule (the ``evaluate`` stage's measure);
+    canonical molecule (the ``evaluate`` stage's measure); ``recon_tanimoto``, the mean Tanimoto
+    similarity of each molecule to its decoding, and ``recon_tanimoto_shuffled``, to another
+    molecule's decoding (what ignoring z scores): their gap grades z while exact matches are 0;
   * ``unique`` and ``novel`` of prior samples (every sample is valid by construction), and their
     ``FCD_Test`` against MOSES's stored test statistics (on ``--samples`` molecules, so higher than
     the ``evaluate`` stage's 10,000-sample figure; compare it between variants, not with papers).
@@ -41,7 +43,7 @@ from vaeflow import registry, stages
 from vaeflow.metrics import molecules as M
 from vaeflow.models.vae import build_model
 from vaeflow.registry import DATASETS
-from vaeflow.molecules import decode_smiles, reconstruction_accuracy
+from vaeflow.molecules import decode_smiles, reconstruction_metrics
 from vaeflow.training.loop import run_epoch, seeded_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +70,13 @@ def diagnostics(model: Any, val: Any, modality: Any, config: cfg.ExperimentConfi
     val_metrics = run_epoch(model, loader, modality, config, epoch=0, device=device, generator=seeded_generator(device, 0, "val", 0))
     mus = torch.cat([model.encode(batch.to(device), None).mu for batch in loader])
     active = int((mus.var(0) > 0.01).sum())
-    recon = reconstruction_accuracy(model, val, n=n_recon)
+    recon = reconstruction_metrics(model, val, n=n_recon)
     z = torch.randn(n_samples, model.latent_dim, generator=torch.Generator().manual_seed(config.seed)).to(device)
     samples = [s for s in decode_smiles(model, z, greedy=False, generator=torch.Generator(device=device).manual_seed(config.seed)) if s]
     canon = set(samples)
     out = {"val_neg_elbo": val_metrics["neg_elbo"], "val_kl": val_metrics["kl"], "active_units": active,
-           "recon_acc": recon, "unique": len(canon) / n_samples,
+           "recon_acc": recon["recon_accuracy"], "recon_tanimoto": recon["recon_tanimoto"],
+           "recon_tanimoto_shuffled": recon["recon_tanimoto_shuffled"], "unique": len(canon) / n_samples,
            "novel": sum(s not in train_smiles for s in canon) / max(len(canon), 1)}
     if reference is not None:
         out["FCD_Test"] = M.fcd_distance(reference["FCD"], M.fcd_statistics(samples))

@@ -66,6 +66,7 @@ def test_collapse_benchmark_reports_every_variant_and_epoch(tmp_path, mol_data):
         for key in ("val_neg_elbo", "val_kl", "FCD_Test", "train_s"):
             assert _positive(row[key]), key
         assert 0 <= row["active_units"] <= 8 and 0 <= row["recon_acc"] <= 1 and 0 < row["unique"] <= 1
+        assert 0 <= row["recon_tanimoto_shuffled"] <= 1 and 0 <= row["recon_tanimoto"] <= 1
     assert [r["beta"] for r in record["rows"]] == [1.0, 1.0, 0.05, 0.05]  # each variant trains at its own β
 
 
