@@ -23,10 +23,10 @@ os.environ.setdefault("VAEFLOW_DATA_CACHE", str(ROOT / "data/raw"))
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
-def tiny_config(tmp: Path, *overrides: str) -> cfg.ExperimentConfig:
-    """The tiny preset with tracking and Ray storage inside ``tmp``."""
+def tiny_config(tmp: Path, *overrides: str, preset: Path = TINY) -> cfg.ExperimentConfig:
+    """A tiny preset (the image one unless told) with tracking and Ray storage inside ``tmp``."""
     return cfg.load(
-        TINY,
+        preset,
         overrides=[
             f"tracking.uri=sqlite:///{tmp}/mlflow.db",
             f"tracking.artifact_location={tmp}/mlartifacts",

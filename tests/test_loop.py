@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from vaeflow import config as cfg
 from vaeflow.data.images import ImageModality
 from vaeflow.data.molecules import MoleculeModality
 from vaeflow.models.vae import build_model
@@ -108,8 +107,8 @@ def test_an_epoch_resumed_from_a_mid_epoch_checkpoint_ends_exactly_like_an_unint
 def test_a_resumed_epoch_is_exact_with_dropout_and_word_dropout(mol_data, tmp_path):
     """nn.Dropout and word dropout draw from torch's global RNG, which the loop seeds from the
     step's generator, so a model with dropout also resumes exactly."""
-    config = cfg.load(MOL_TINY, overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "model.encoder.dropout=0.2",
-                                           "model.decoder.dropout=0.3", "model.decoder.word_dropout=0.25"])
+    config = tiny_config(tmp_path, "model.encoder.dropout=0.2", "model.decoder.dropout=0.3",
+                         "model.decoder.word_dropout=0.25", preset=MOL_TINY)
     m = MoleculeModality()
     processed = mol_data[0] / "data/processed/molecule"
     torch.manual_seed(0)

@@ -17,15 +17,13 @@ from vaeflow.config import ModelConfig, ModuleSpec
 from vaeflow.data import molecules as mol
 from vaeflow.models.vae import build_model
 from vaeflow import molecules as ops
-from tests.conftest import MOL_TINY
+from tests.conftest import MOL_TINY, tiny_config
 
 MOSES_ELEMENTS = ("C", "N", "O", "S", "F", "Cl", "Br")
 
 
 def mol_config(tmp, *overrides: str) -> cfg.ExperimentConfig:
-    return cfg.load(MOL_TINY, overrides=[
-        f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_location={tmp}/mlartifacts",
-        f"train.storage_path={tmp}/ray_results", *overrides])
+    return tiny_config(tmp, *overrides, preset=MOL_TINY)
 
 
 # --- featurisation --------------------------------------------------------------------------------
