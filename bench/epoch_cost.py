@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit("epoch_cost benchmark: give an unconditional image preset (--preset configs/image/…)")
         paths = stages.Paths.for_modality("image", work)
         stages.prepare(config, paths, progress=False)
-        modality = registry.MODALITIES.get_or_raise("image")()
+        modality = registry.MODALITIES.get_or_raise("image").data
         train = modality.load(paths.processed, "train")
         spec = modality.input_spec(paths.processed)
         torch.manual_seed(config.seed)

@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # run as `python bench/fcd_memory.py`: the reposi
 import numpy as np  # noqa: E402
 
 from bench._common import print_table, write_json  # noqa: E402
-from vaeflow import chem  # noqa: E402
-from vaeflow.metrics import molecules as M  # noqa: E402
+from vaeflow.modalities.molecule import chem  # noqa: E402
+from vaeflow.modalities.molecule import metrics as M  # noqa: E402
 
 IMPLEMENTATIONS = ("fcd_torch", "vaeflow")
 

@@ -1,6 +1,6 @@
 """Featurisation throughput: SMILES → graph (and all prepare stores) per core, against RDKit's bare parse.
 
-Goal: SMILES → graph (parse + ``vaeflow.data.molecules.graph_features``) keeps at least 0.5× the rate
+Goal: SMILES → graph (parse + ``vaeflow.modalities.molecule.data.graph_features``) keeps at least 0.5× the rate
 of a bare ``Chem.MolFromSmiles`` per core. Also measured: the whole per-record work of the prepare
 stage (``featurise_chunk``: graph + canonical SMILES + SELFIES + logP/QED/SA/weight), and the
 scaling of prepare's process pool in processes (goal: near-linear).
@@ -25,7 +25,7 @@ Protocol:
   4. cProfile of ``featurise_chunk`` on the first ``--profile-n`` SMILES: the share of
      ``featurise``'s time spent in each function it calls (profiling inflates pure-Python parts a
      little; the shares are for finding the hot spot, not for the rates).
-  Optional ``--full-moses``: the real prepare stage (``MoleculeModality().prepare``, the preset's data
+  Optional ``--full-moses``: the real prepare stage (``MoleculeData().prepare``, the preset's data
   config without the training limit) on all 1.58 M MOSES training SMILES into a temporary folder
   (``$TMPDIR``), reporting its wall time and peak memory: the process tree's RSS sampled every 0.2 s
   with psutil (shared copy-on-write pages of forked workers are counted once per process, so this
@@ -58,9 +58,9 @@ if __package__ in (None, ""):  # run as `python bench/featurise.py`: the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import Clock, TreeMonitor, median, print_table, write_json  # noqa: E402
-from vaeflow import chem  # noqa: E402
+from vaeflow.modalities.molecule import chem  # noqa: E402
 from vaeflow import config as cfg  # noqa: E402
-from vaeflow.data import molecules as mol  # noqa: E402
+from vaeflow.modalities.molecule import data as mol  # noqa: E402
 from vaeflow.registry import DATASETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ def full_prepare(config: cfg.ExperimentConfig) -> dict[str, Any]:
     data = dataclasses.replace(config.data, limit_train=None)
     with tempfile.TemporaryDirectory(prefix="vaeflow-bench-") as tmp, TreeMonitor() as peak:
         started = time.perf_counter()
-        counts = mol.MoleculeModality().prepare(data, config.seed, Path(tmp) / "molecule", progress=True)
+        counts = mol.MoleculeData().prepare(data, config.seed, Path(tmp) / "molecule", progress=True)
         wall = time.perf_counter() - started
     return {"wall_s": wall, "peak_rss_tree_mib": peak.peak_tree / 2**20, "ru_maxrss_self_mib": _maxrss_mib(resource.RUSAGE_SELF),
             "ru_maxrss_children_mib": _maxrss_mib(resource.RUSAGE_CHILDREN), "workers": chem.cpu_count(),

@@ -40,10 +40,10 @@ from torch.utils.data import DataLoader
 from bench._common import Clock, print_table, write_json
 from vaeflow import config as cfg
 from vaeflow import registry, stages
-from vaeflow.metrics import molecules as M
+from vaeflow.modalities.molecule import metrics as M
 from vaeflow.models.vae import build_model
 from vaeflow.registry import DATASETS
-from vaeflow.molecules import decode_smiles, reconstruction_metrics
+from vaeflow.modalities.molecule.task import decode_smiles, reconstruction_metrics
 from vaeflow.training.loop import run_epoch, seeded_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ class Data:
 
     @classmethod
     def load(cls, processed: Path, dataset: str) -> Data:
-        modality = registry.MODALITIES.get_or_raise("molecule")()
+        modality = registry.MODALITIES.get_or_raise("molecule").data
         train = modality.load(processed, "train")
         stats = DATASETS.get_or_raise(dataset).reference_stats.get("test")
         return cls(modality, train, modality.load(processed, "val"), modality.input_spec(processed),

@@ -56,7 +56,7 @@ def bare(config: cfg.ExperimentConfig, processed: Path, threads: int, work: Path
     """Train in this process without Ray; per-epoch times of the training pass and the whole epoch."""
     started = time.perf_counter()
     torch.set_num_threads(threads)
-    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    modality = registry.MODALITIES.get_or_raise(config.modality).data
     train_ds, val_ds = modality.load(processed, "train"), modality.load(processed, "val")
     torch.manual_seed(config.seed)
     model = build_model(config.model, modality.input_spec(processed))

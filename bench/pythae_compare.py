@@ -26,7 +26,7 @@ Protocol:
      sigmoid lives in the wrapper, so the inner decoder's output is already the Bernoulli logits that
      vaeflow's likelihood takes) and scored on the test set binarised once with the seed:
      −ELBO on all test images, IWAE NLL with k samples on the first ``--test-examples`` ones
-     (``vaeflow.metrics.likelihood.iwae_nll``; both models see the same random streams).
+     (``vaeflow.training.likelihood.iwae_nll``; both models see the same random streams).
 
 Commands (the trainers run one after the other; with ``--repeats`` R they take turns going first
 over R rounds, and the time ratios are the median of the per-round ratios):
@@ -196,7 +196,7 @@ def _train_pythae(job: Job) -> dict[str, Any]:
     config = cfg.from_dict(cfg.ExperimentConfig, job.config)
     t = config.train
     torch.set_num_threads(t.cpus_per_worker)  # the same threads as vaeflow's one worker
-    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    modality = registry.MODALITIES.get_or_raise(config.modality).data
     processed = Path(job.processed)
     _, _, images = _pythae_classes()
     started = time.perf_counter()
@@ -312,10 +312,10 @@ def evaluate(model: VAE, config: cfg.ExperimentConfig, processed: Path, *, k: in
     """Test −ELBO (all test images) and IWAE NLL (first ``n_iwae``), as ``stages.evaluate`` computes them."""
     from torch.utils.data import DataLoader, Subset
 
-    from vaeflow.metrics.likelihood import iwae_nll
+    from vaeflow.training.likelihood import iwae_nll
     from vaeflow.training.loop import run_epoch
 
-    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    modality = registry.MODALITIES.get_or_raise(config.modality).data
     device = torch.device("cpu")
     test = modality.fixed(modality.load(processed, "test"), config.data, config.seed)  # one fixed binarisation
     loader = lambda ds: DataLoader(ds, batch_size=config.evaluate.batch_size, collate_fn=modality.collate_fn())  # noqa: E731
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = rounds[-1]  # each round overwrites the model files: the last round's models are scored
 
         torch.set_num_threads(args.cpus)
-        spec = registry.MODALITIES.get_or_raise(config.modality)().input_spec(paths.processed)
+        spec = registry.MODALITIES.get_or_raise(config.modality).data.input_spec(paths.processed)
         rows, nlls = [], {}
         for name, run in runs.items():
             print(f"evaluating {name} (IWAE k={args.k} on {args.test_examples} test images) …", flush=True)

@@ -1,7 +1,7 @@
 """Sampling throughput: valid molecules per second from the molecule VAE, sequences per second from the
 time-series VAEs, at realistic batch sizes on this machine's threads.
 
-Molecules: the whole path a user gets from the sample stage (``vaeflow.molecules.write_samples``):
+Molecules: the whole path a user gets from the sample stage (``vaeflow.modalities.molecule.task.write_samples``):
 z ~ N(0, T² I) → ``decode_smiles`` (the decoder's autoregressive ``generate``, SELFIES tokens → SMILES,
 RDKit canonical form) → RDKit validity (``chem.mol_from_smiles``); the rate counts valid molecules
 only. The model is ``--checkpoint`` (e.g. ``models/molecule/model.pt``, a trained model) or, without
@@ -44,11 +44,11 @@ if __package__ in (None, ""):  # run as `python bench/sampling.py`: the reposito
 import torch  # noqa: E402
 
 from bench._common import Clock, median, print_table, write_json  # noqa: E402
-from vaeflow import chem, molecules  # noqa: E402
+from vaeflow.modalities.molecule import chem, task as molecules  # noqa: E402
 from vaeflow import config as cfg  # noqa: E402
-from vaeflow.data.download import DataNotFoundError  # noqa: E402
-from vaeflow.data.molecules import MoleculeModality  # noqa: E402
-from vaeflow.data.timeseries import TimeSeriesModality  # noqa: E402
+from vaeflow.download import DataNotFoundError  # noqa: E402
+from vaeflow.modalities.molecule.data import MoleculeData  # noqa: E402
+from vaeflow.modalities.timeseries.data import TimeSeriesData  # noqa: E402
 from vaeflow.models.vae import VAE, build_model  # noqa: E402
 from vaeflow.training.checkpoint import load_model  # noqa: E402
 from vaeflow.training.loop import run_epoch  # noqa: E402
@@ -63,7 +63,7 @@ def train_small_molecule_model(config: cfg.ExperimentConfig, n: int, epochs: int
     validation or test split prepared). Returns the model and its last epoch's metrics."""
     from torch.utils.data import DataLoader
 
-    modality = MoleculeModality()
+    modality = MoleculeData()
     data = dataclasses.replace(config.data, limit_train=n, val_size=0, limit_test=0)
     modality.prepare(data, config.seed, work / "molecule", progress=False)
     spec = modality.input_spec(work / "molecule")
@@ -113,7 +113,7 @@ def molecule_stages(model: VAE, n: int, temperature: float, seed: int) -> dict[s
 def timeseries_model(preset: Path, work: Path) -> tuple[VAE, cfg.ExperimentConfig]:
     """The preset's (untrained) model for its data set's input spec (the data are prepared into ``work``)."""
     config = cfg.load(preset)
-    modality = TimeSeriesModality()
+    modality = TimeSeriesData()
     out = work / f"timeseries-{preset.stem}"
     modality.prepare(config.data, config.seed, out, progress=False)
     torch.manual_seed(config.seed)

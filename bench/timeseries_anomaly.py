@@ -35,8 +35,9 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench._common import print_table, write_json  # noqa: E402
 from vaeflow import config as cfg
-from vaeflow.data.timeseries import RawSeries, TimeSeriesModality, WindowDataset, build_splits
-from vaeflow.metrics import timeseries as tsm
+from vaeflow.modalities.timeseries.data import RawSeries, TimeSeriesData, WindowDataset, build_splits
+from vaeflow.modalities.timeseries import anomaly
+from vaeflow.modalities.timeseries import metrics as tsm
 from vaeflow.models.vae import build_model
 from vaeflow.registry import DATASETS
 from vaeflow.training.loop import run_epoch
@@ -59,9 +60,9 @@ def one_class_run(raw: RawSeries, normal: int, config: cfg.ExperimentConfig, epo
                         shuffle=True, generator=torch.Generator().manual_seed(seed))
     run_config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     for epoch in range(epochs):
-        run_epoch(model, loader, TimeSeriesModality(), run_config, epoch=epoch, device=torch.device("cpu"),
+        run_epoch(model, loader, TimeSeriesData(), run_config, epoch=epoch, device=torch.device("cpu"),
                   generator=torch.Generator().manual_seed(seed * 100_000 + epoch), optimizer=opt)
-    scores = tsm.anomaly_scores(model, torch.as_tensor(x_test), k=config.evaluate.anomaly_k,
+    scores = anomaly.anomaly_scores(model, torch.as_tensor(x_test), k=config.evaluate.anomaly_k,
                                 generator=torch.Generator().manual_seed(seed))
     is_anomaly = y_test != normal
     out = {"n_train": len(y_train), "n_test": len(y_test), "anomaly_rate": float(is_anomaly.mean())}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from vaeflow import config as cfg
-from vaeflow.data import download
-from vaeflow.data.download import DataNotFoundError, RemoteFile
-from vaeflow.data.idx import IdxFormatError, read_idx
-from vaeflow.data.images import ImageModality, load_idx_pair
+from vaeflow import download
+from vaeflow.download import DataNotFoundError, RemoteFile
+from vaeflow.idx import IdxFormatError, read_idx
+from vaeflow.modalities.image.data import ImageData, load_idx_pair
 from vaeflow.registry import DATASETS
 from tests.conftest import TINY
 
@@ -103,26 +103,26 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
 def test_prepare_writes_disjoint_seeded_splits(tmp_path):
     config = cfg.load(TINY, overrides=["data.limit_train=300", "data.limit_test=100", "data.val_size=200"])
     out = tmp_path / "processed"
-    counts = ImageModality().prepare(config.data, config.seed, out, progress=False)
+    counts = ImageData().prepare(config.data, config.seed, out, progress=False)
     assert counts == {"n_train": 300, "n_val": 200, "n_test": 100, "rejected": 0}
     spec = json.loads((out / "spec.json").read_text())
     assert spec["num_classes"] == 10 and spec["class_names"][9] == "Ankle boot"
-    m = ImageModality()
+    m = ImageData()
     train, val = m.load(out, "train"), m.load(out, "val")
     rows = lambda ds: {bytes(img.numpy()) for img in ds.x}  # noqa: E731
     assert not rows(train) & rows(val)  # validation is held out of training
     # Same seed → identical output; another seed → another split.
     again = tmp_path / "again"
-    ImageModality().prepare(config.data, config.seed, again, progress=False)
+    ImageData().prepare(config.data, config.seed, again, progress=False)
     assert (out / "train.npz").read_bytes() == (again / "train.npz").read_bytes()
     other = tmp_path / "other"
-    ImageModality().prepare(config.data, config.seed + 1, other, progress=False)
+    ImageData().prepare(config.data, config.seed + 1, other, progress=False)
     assert (out / "train.npz").read_bytes() != (other / "train.npz").read_bytes()
     assert not list(tmp_path.glob(".processed.*"))  # temporary folders are gone
 
 
 def test_fixed_binarisation_is_deterministic_and_binary(tiny_data):
-    m = ImageModality()
+    m = ImageData()
     config = cfg.load(TINY)
     test = m.load(tiny_data / "data/processed/image", "test")
     a, b = m.fixed(test, config.data, 0), m.fixed(test, config.data, 0)
@@ -134,4 +134,4 @@ def test_fixed_binarisation_is_deterministic_and_binary(tiny_data):
 
 def test_load_before_prepare_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"run the prepare stage first \(dvc repro prepare@image\)"):
-        ImageModality().load(tmp_path, "train")
+        ImageData().load(tmp_path, "train")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from vaeflow.data.images import ImageModality
-from vaeflow.data.molecules import MoleculeModality
+from vaeflow.modalities.image.data import ImageData
+from vaeflow.modalities.molecule.data import MoleculeData
 from vaeflow.models.vae import build_model
 from vaeflow.training.loop import NonFiniteLossError, run_epoch, seeded_generator
 from tests.conftest import MOL_TINY, tiny_config
@@ -17,7 +17,7 @@ from tests.conftest import MOL_TINY, tiny_config
 
 def _setup(tiny_data, tmp_path, *overrides):
     config = tiny_config(tmp_path, *overrides)
-    m = ImageModality()
+    m = ImageData()
     processed = tiny_data / "data/processed/image"
     torch.manual_seed(0)
     model = build_model(config.model, m.input_spec(processed))
@@ -109,7 +109,7 @@ def test_a_resumed_epoch_is_exact_with_dropout_and_word_dropout(mol_data, tmp_pa
     step's generator, so a model with dropout also resumes exactly."""
     config = tiny_config(tmp_path, "model.encoder.dropout=0.2", "model.decoder.dropout=0.3",
                          "model.decoder.word_dropout=0.25", preset=MOL_TINY)
-    m = MoleculeModality()
+    m = MoleculeData()
     processed = mol_data[0] / "data/processed/molecule"
     torch.manual_seed(0)
     model = build_model(config.model, m.input_spec(processed))

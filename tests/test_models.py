@@ -37,7 +37,7 @@ def _molecule_batch(n: int, generator: torch.Generator):
     """Random molecular graphs (3–6 atoms, a chain plus one extra bond) with token targets."""
     from torch_geometric.data import Batch, Data
 
-    from vaeflow.data.molecules import MoleculeTarget
+    from vaeflow.modalities.molecule.data import MoleculeTarget
 
     graphs = []
     for _ in range(n):
@@ -191,7 +191,7 @@ def test_word_dropout_blanks_teacher_forced_inputs_only_while_training():
     """Word dropout replaces the decoder's previous-token inputs by <pad> (zero embedding) during
     training: the logits at a dropped step no longer depend on the token it hid, the first step
     (<bos>) is never dropped, and an evaluating model is unaffected."""
-    from vaeflow.data.molecules import MoleculeTarget
+    from vaeflow.modalities.molecule.data import MoleculeTarget
 
     spec, enc, _, batch = FAMILIES["gine/selfies_gru"]
     torch.manual_seed(0)

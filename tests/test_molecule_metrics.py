@@ -15,8 +15,8 @@ import types
 import numpy as np
 import pytest
 
-from vaeflow import chem
-from vaeflow.metrics import molecules as M
+from vaeflow.modalities.molecule import chem
+from vaeflow.modalities.molecule import metrics as M
 
 if importlib.util.find_spec("moses") is None:
     pytest.skip(f"molsets is not installed: {chem.MOLSETS_HINT}", allow_module_level=True)

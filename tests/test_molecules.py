@@ -14,9 +14,9 @@ from rdkit import Chem
 from vaeflow import config as cfg
 from vaeflow import stages, tracking
 from vaeflow.config import ModelConfig, ModuleSpec
-from vaeflow.data import molecules as mol
+from vaeflow.modalities.molecule import data as mol
 from vaeflow.models.vae import build_model
-from vaeflow import molecules as ops
+from vaeflow.modalities.molecule import task as ops
 from tests.conftest import MOL_TINY, tiny_config
 
 MOSES_ELEMENTS = ("C", "N", "O", "S", "F", "Cl", "Br")
@@ -71,7 +71,7 @@ def test_prepare_writes_rejects_and_counts(tmp_path, monkeypatch):
     bad.write_text("smiles\n" + "\n".join(good + ["", "not-a-smiles", "CCS", "CCCCCCCCCC", "CC.O"]) + "\n")
     source = mol.MoleculeSource(elements=("C", "N", "O", "F"), max_atoms=9, official={"train": lambda: bad}, test_fraction=0.2)
     monkeypatch.setitem(mol.DATASETS, "crafted", source)
-    counts = mol.MoleculeModality().prepare(cfg.DataConfig(dataset="crafted", val_size=4), 0, tmp_path / "out", progress=False)
+    counts = mol.MoleculeData().prepare(cfg.DataConfig(dataset="crafted", val_size=4), 0, tmp_path / "out", progress=False)
     with open(tmp_path / "out/rejects.csv") as f:
         rows = list(csv.DictReader(f))
     assert counts["rejected"] == len(rows) == 5
@@ -88,8 +88,8 @@ def test_prepare_in_ray_tasks_equals_one_process(tmp_path, monkeypatch, ray_clus
     monkeypatch.setitem(mol.DATASETS, "crafted", mol.MoleculeSource(
         elements=MOSES_ELEMENTS, max_atoms=9, official={"train": lambda: src}, test_fraction=0.25))
     data = cfg.DataConfig(dataset="crafted", val_size=4)
-    a = mol.MoleculeModality().prepare(data, 0, tmp_path / "ray", progress=False, chunk_size=5)
-    b = mol.MoleculeModality().prepare(data, 0, tmp_path / "one", progress=False, chunk_size=1000)
+    a = mol.MoleculeData().prepare(data, 0, tmp_path / "ray", progress=False, chunk_size=5)
+    b = mol.MoleculeData().prepare(data, 0, tmp_path / "one", progress=False, chunk_size=1000)
     assert a == b and a["rejected_empty"] == a["rejected_unparsable"] == 6
     for split in ("train", "val", "test"):
         x, y = (torch.load(tmp_path / d / f"{split}.pt", weights_only=True) for d in ("ray", "one"))
@@ -99,7 +99,7 @@ def test_prepare_in_ray_tasks_equals_one_process(tmp_path, monkeypatch, ray_clus
 
 def test_prepared_split_loads_as_pyg_batches(mol_data):
     root, counts = mol_data
-    modality = mol.MoleculeModality()
+    modality = mol.MoleculeData()
     processed = root / "data/processed/molecule"
     ds = modality.load(processed, "train")
     assert len(ds) == counts["n_train"] > 300
@@ -129,7 +129,7 @@ def test_graph_encoder_is_invariant_to_atom_order(mol_data):
     from torch_geometric.data import Batch, Data
 
     root, _ = mol_data
-    modality = mol.MoleculeModality()
+    modality = mol.MoleculeData()
     spec = modality.input_spec(root / "data/processed/molecule")
     model = _tiny_model(spec).eval()
     d = modality.load(root / "data/processed/molecule", "test")[3]
@@ -145,7 +145,7 @@ def test_graph_encoder_is_invariant_to_atom_order(mol_data):
 
 def test_decoder_yields_valid_molecules_from_random_z(mol_data):
     root, _ = mol_data
-    spec = mol.MoleculeModality().input_spec(root / "data/processed/molecule")
+    spec = mol.MoleculeData().input_spec(root / "data/processed/molecule")
     model = _tiny_model(spec).eval()  # untrained: the worst case for validity
     g = torch.Generator().manual_seed(0)
     z = 3 * torch.randn(300, 6, generator=g)
@@ -161,7 +161,7 @@ def _train_in_process(config: cfg.ExperimentConfig, root, epochs: int):
     from vaeflow.training.loop import run_epoch
 
     processed = root / "data/processed/molecule"
-    modality = mol.MoleculeModality()
+    modality = mol.MoleculeData()
     spec = modality.input_spec(processed)
     torch.manual_seed(config.seed)
     model = build_model(config.model, spec)
@@ -184,7 +184,7 @@ def test_decoder_reads_z_a_small_set_is_reconstructed_from_its_codes(mol_data, t
 
     root, _ = mol_data
     processed = root / "data/processed/molecule"
-    modality = mol.MoleculeModality()
+    modality = mol.MoleculeData()
     config = mol_config(tmp_path, "loss.beta=0.01", "loss.warmup_epochs=0", "train.lr=0.003", "model.latent_dim=16",
                         "model.decoder.hidden=128", "model.decoder.embed=32", "model.decoder.predict_properties=false")
     train = modality.load(processed, "train")
@@ -214,7 +214,7 @@ def test_property_conditional_model_steers_generation(mol_data, tmp_path):
     config = mol_config(tmp_path, "model.conditional=true", "train.lr=0.003", "loss.warmup_epochs=0")
     model, spec = _train_in_process(config, root, epochs=12)
     assert model.condition_dim == len(spec["properties"]) and model.num_classes == 0
-    train = mol.MoleculeModality().load(root / "data/processed/molecule", "train").props
+    train = mol.MoleculeData().load(root / "data/processed/molecule", "train").props
     j = spec["properties"].index("weight")
     mean, std = spec["property_mean"][j], spec["property_std"][j]
     weights = {}
@@ -336,7 +336,7 @@ def test_molecule_pipeline_two_workers_one_run(mol_project, ray_cluster):
 def test_qm9_prepares_through_the_verified_download_path(tmp_path):
     """QM9 is fetched and sha256-verified like the images (from $VAEFLOW_DATA_MIRROR in CI)."""
     data = cfg.DataConfig(dataset="qm9", val_size=16, limit_train=64, limit_test=16)
-    counts = mol.MoleculeModality().prepare(data, 0, tmp_path / "qm9", progress=False)
+    counts = mol.MoleculeData().prepare(data, 0, tmp_path / "qm9", progress=False)
     assert counts["n_train"] + counts["n_val"] + counts["n_test"] + counts["rejected"] == 64 + 16 + 16
     spec = json.loads((tmp_path / "qm9/spec.json").read_text())
     assert spec["elements"] == ["C", "N", "O", "F"] and spec["splits"] == ["test", "train", "val"]

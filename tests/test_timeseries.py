@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 from vaeflow import cli, stages, tracking
 from vaeflow import config as cfg
 from vaeflow.config import DataConfig, ModelConfig, ModuleSpec
-from vaeflow.data.timeseries import (RawSeries, Scaler, SeriesDataError, TimeSeriesModality, WindowDataset,
+from vaeflow.modalities.timeseries.data import (RawSeries, Scaler, SeriesDataError, TimeSeriesData, WindowDataset,
                                      build_splits, read_numeric_csv, sliding_windows)
-from vaeflow.metrics import timeseries as tsm
+from vaeflow.modalities.timeseries import anomaly
+from vaeflow.modalities.timeseries import metrics as tsm
 from vaeflow.models.vae import build_model
 from vaeflow.training import checkpoint
 from tests.conftest import ROOT
@@ -132,7 +133,7 @@ def test_csv_reader_names_bad_lines():
 
 def test_ucr_set_from_aeon_with_labels(tmp_path):
     pytest.importorskip("aeon")
-    modality = TimeSeriesModality()
+    modality = TimeSeriesData()
     counts = modality.prepare(DataConfig(dataset="ucr-japanesevowels", window=None, val_fraction=0.2), 0, tmp_path / "p")
     spec = modality.input_spec(tmp_path / "p")
     assert spec["num_classes"] == 9 and spec["channels"] == 12 and counts["unequal_lengths_padded"] > 0
@@ -228,7 +229,7 @@ def _trained_sine_vae(tmp_path):
     loader = DataLoader(WindowDataset(x, np.zeros(len(x), dtype=np.int64)), batch_size=64, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     for epoch in range(config.train.epochs):
-        run_epoch(model, loader, TimeSeriesModality(), config, epoch=epoch, device=torch.device("cpu"),
+        run_epoch(model, loader, TimeSeriesData(), config, epoch=epoch, device=torch.device("cpu"),
                   generator=torch.Generator().manual_seed(epoch), optimizer=opt)
     model.eval()
     path = tmp_path / "model.pt"
@@ -253,7 +254,7 @@ def test_anomaly_auroc_on_planted_anomalies(sine_vae):
             x[i, t, c] += 1.0
         else:
             x[i, t : t + 8, c] = 1 - x[i, t : t + 8, c]
-    scores = tsm.anomaly_scores(model, torch.as_tensor(x), k=8, generator=torch.Generator().manual_seed(0))
+    scores = anomaly.anomaly_scores(model, torch.as_tensor(x), k=8, generator=torch.Generator().manual_seed(0))
     for s in (scores.recon_prob, scores.neg_elbo):
         assert tsm.auroc(s, is_anomaly) > 0.9
     assert tsm.best_f1(scores.neg_elbo, is_anomaly)[0] > 0.7

@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def latent_command(args: argparse.Namespace) -> Any:
     """``vaeflow interpolate`` / ``vaeflow optimize`` on a trained model's latent space."""
-    from vaeflow import molecules
+    from vaeflow.modalities.molecule import task as molecules
     from vaeflow.training import checkpoint
 
     path = args.model or args.root / "models" / args.modality / "model.pt"
@@ -164,13 +164,13 @@ class JobFailed(RuntimeError):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from vaeflow.data.download import DataNotFoundError
-    from vaeflow.data.idx import IdxFormatError
+    from vaeflow.download import DataNotFoundError
+    from vaeflow.idx import IdxFormatError
+    from vaeflow.modalities.timeseries.data import SeriesDataError
+    from vaeflow.registry import RegistryError
 
-    from vaeflow.data.timeseries import SeriesDataError
-
-    errors: list[type[BaseException]] = [cfg.ConfigError, DataNotFoundError, IdxFormatError, FileNotFoundError,
-                                         JobFailed, SeriesDataError]
+    errors: list[type[BaseException]] = [cfg.ConfigError, RegistryError, DataNotFoundError, IdxFormatError,
+                                         FileNotFoundError, JobFailed, SeriesDataError]
     try:
         from vaeflow.training.ray import TrainingError
 
@@ -188,13 +188,14 @@ def run(args: argparse.Namespace) -> Any:
     if args.command == "submit":
         return submit_job(args)
     if args.command == "anomaly":
-        from vaeflow.anomaly import score_csv
+        from vaeflow.modalities.timeseries.anomaly import score_csv
+        from vaeflow.training import checkpoint
 
         if args.stride < 1 or (args.k is not None and args.k < 1):
             raise cfg.ConfigError("--stride and --k must be ≥ 1")
-        model = args.model or args.root / "models" / args.modality / "model.pt"
+        model, config, _ = checkpoint.load_model(args.model or args.root / "models" / args.modality / "model.pt")
         output = args.output or args.input.with_name(args.input.name + ".scores.csv")
-        return score_csv(model, args.input, output, k=args.k, stride=args.stride, label=args.label, seed=args.seed)
+        return score_csv(model, config, args.input, output, k=args.k, stride=args.stride, label=args.label, seed=args.seed)
     if args.command in ("interpolate", "optimize"):
         return latent_command(args)
     config = resolve_config(args)

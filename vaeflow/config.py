@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from vaeflow import registry
+
 SECTIONS = ("data", "model", "loss", "train", "sample", "evaluate", "tracking")
 
 
@@ -385,12 +387,13 @@ def load(
 
 def validate(config: ExperimentConfig) -> None:
     """Cross-field and registry checks that the type system alone cannot express."""
-    from vaeflow import registry
-
-    registry.check_name("modality", registry.MODALITIES, config.modality)
-    registry.check_name("data.dataset", registry.DATASETS, config.data.dataset)
-    registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder)
-    registry.check_options("model.decoder", registry.DECODERS, config.model.decoder)
+    try:
+        registry.check_name("modality", registry.MODALITIES, config.modality)
+        registry.check_name("data.dataset", registry.DATASETS, config.data.dataset)
+        registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type)
+        registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type)
+    except registry.RegistryError as exc:
+        raise ConfigError(str(exc)) from None
     t = config.train
     positive = {
         "train.epochs": t.epochs,

@@ -1,34 +1,34 @@
 """Name → implementation registries, filled by decorators at import time.
 
-A new modality, encoder or decoder adds a file that registers itself; nothing else
-(trainer, CLI, config loader) branches on names.
+A new modality, encoder, decoder or model family adds a file that registers itself; nothing else
+(trainer, CLI, config loader) branches on names, and no list of plugin modules is kept by hand:
+``load_plugins`` imports every module under the packages in ``PLUGIN_PACKAGES`` (package
+scanning, so a new file in ``vaeflow/models/`` or ``vaeflow/modalities/`` is found without
+editing anything), then the modules that installed distributions declare under the
+``vaeflow.plugins`` entry-point group (so a separate package can add its own). This module
+imports nothing from vaeflow.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
+import pkgutil
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# Modules whose import fills the registries below.
-_PLUGINS = (
-    "vaeflow.data.images",
-    "vaeflow.models.encoders.conv2d",
-    "vaeflow.models.decoders.conv2d",
-    "vaeflow.data.timeseries",
-    "vaeflow.models.encoders.gru",
-    "vaeflow.models.encoders.conv1d",
-    "vaeflow.models.decoders.gru",
-    "vaeflow.models.decoders.conv1d",
-    "vaeflow.models.decoders.timevae",
-    "vaeflow.data.molecules",
-    "vaeflow.models.encoders.gine",
-    "vaeflow.models.decoders.selfies_gru",
-)
+# Packages whose modules (all of them, recursively) fill the registries below when imported.
+PLUGIN_PACKAGES = ("vaeflow.models", "vaeflow.modalities")
+# Entry-point group through which other installed distributions add modules of their own.
+ENTRY_POINT_GROUP = "vaeflow.plugins"
+
+
+class RegistryError(ValueError):
+    """An unknown name or a bad option for a registered class; the message lists what is allowed."""
 
 
 class Registry(dict):
@@ -51,7 +51,7 @@ class Registry(dict):
         load_plugins()
         if name not in self:
             allowed = ", ".join(sorted(self)) or "(none registered)"
-            raise _config_error(f"{key or self.kind}: unknown {self.kind} {name!r}; allowed: {allowed}")
+            raise RegistryError(f"{key or self.kind}: unknown {self.kind} {name!r}; allowed: {allowed}")
         return self[name]
 
 
@@ -59,22 +59,25 @@ MODALITIES = Registry("modality")
 DATASETS = Registry("dataset")
 ENCODERS = Registry("encoder")
 DECODERS = Registry("decoder")
+# Model families: each owns its objective (named loss terms, optimizers, selection score) and the
+# inference verbs (sample, encode, reconstruct, likelihood, anomaly scores).
+FAMILIES = Registry("family")
 
 _loaded = False
 
 
 def load_plugins() -> None:
+    """Import every module of ``PLUGIN_PACKAGES`` and of the ``vaeflow.plugins`` entry points (once)."""
     global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _PLUGINS:
-            importlib.import_module(module)
-
-
-def _config_error(message: str) -> Exception:
-    from vaeflow.config import ConfigError
-
-    return ConfigError(message)
+    if _loaded:
+        return
+    _loaded = True
+    for name in PLUGIN_PACKAGES:
+        package = importlib.import_module(name)
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
+            importlib.import_module(info.name)
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        importlib.import_module(entry.module)
 
 
 def check_name(key: str, registry: Registry, name: str) -> None:
@@ -85,10 +88,10 @@ def check_name(key: str, registry: Registry, name: str) -> None:
 BUILDER_ARGS = frozenset({"input_spec", "latent_dim", "cond_dim"})
 
 
-def check_options(key: str, registry: Registry, spec: Any) -> None:
-    """Check a ModuleSpec's options against the registered class's keyword arguments and types."""
-    from vaeflow.config import check_type
+def check_options(key: str, registry: Registry, spec: Any, check_type: Callable[[Any, Any, str], Any]) -> None:
+    """Check a ModuleSpec's options against the registered class's keyword arguments and types.
 
+    ``check_type(value, type, key)`` converts or raises (the config module's type checker)."""
     cls = registry.get_or_raise(spec.name, f"{key}.name")
     params = {
         n: p
@@ -98,7 +101,7 @@ def check_options(key: str, registry: Registry, spec: Any) -> None:
     hints = typing.get_type_hints(cls.__init__)
     for name, value in spec.options.items():
         if name not in params:
-            raise _config_error(
+            raise RegistryError(
                 f"unknown key {key}.{name} for {registry.kind} {spec.name!r}; allowed keys: "
                 f"name, {', '.join(params)}"
             )

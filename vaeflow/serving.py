@@ -35,7 +35,7 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model, self.config, state = load_model(context.artifacts["checkpoint"])
         self.spec = state["input_spec"]
-        self.modality = registry.MODALITIES.get_or_raise(self.config.modality)()
+        self.modality = registry.MODALITIES.get_or_raise(self.config.modality).data
 
     def _condition(self, n: int, p: dict[str, Any], inputs: Any = None) -> torch.Tensor | None:
         """The condition of a conditional model for n rows; None for an unconditional one."""
@@ -45,7 +45,7 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
             return None
         if inputs is not None:
             return inputs.properties
-        from vaeflow.molecules import sample_conditions
+        from vaeflow.modalities.molecule.task import sample_conditions
 
         targets = json.loads(p["properties"] or "{}")
         return sample_conditions(self.model, self.spec, targets, n, generator=None)

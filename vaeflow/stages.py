@@ -23,6 +23,7 @@ from vaeflow import registry, tracking
 from vaeflow.config import ConfigError, ExperimentConfig
 from vaeflow.cluster import SUBMISSION_ENV
 from vaeflow.io import atomic_path, write_json
+from vaeflow.modalities.base import Modality
 from vaeflow.training import checkpoint
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class Paths:
         )
 
 
-def _modality(config: ExperimentConfig) -> Any:
-    return registry.MODALITIES.get_or_raise(config.modality, "modality")()
+def _modality(config: ExperimentConfig) -> Modality:
+    return registry.MODALITIES.get_or_raise(config.modality, "modality")
 
 
 def _device(config: ExperimentConfig) -> torch.device:
@@ -59,7 +60,7 @@ def _device(config: ExperimentConfig) -> torch.device:
 
 
 def prepare(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
-    counts = _modality(config).prepare(config.data, config.seed, paths.processed, progress=progress)
+    counts = _modality(config).data.prepare(config.data, config.seed, paths.processed, progress=progress)
     write_json(paths.metrics / "prepare.json", counts)
     return counts
 
@@ -140,7 +141,7 @@ def _check_model_builds(config: ExperimentConfig, modality: Any, processed: Path
     from vaeflow.models.vae import build_model
 
     try:
-        build_model(config.model, modality.input_spec(processed))
+        build_model(config.model, modality.data.input_spec(processed))
     except ValueError as exc:
         raise ConfigError(f"model: {exc}; change it in the preset or with --set") from None
 
@@ -174,7 +175,7 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         tmp.mkdir()
         # The model file keeps what inference needs: no optimizer state.
         checkpoint.save(tmp / "model.pt", **{k: best[k] for k in ("model", "config", "input_spec", "epoch", "mlflow_run_id")})
-        example = modality.example_input(modality.load(paths.processed, "val"), 4)
+        example = modality.data.example_input(modality.data.load(paths.processed, "val"), 4)
         version = _log_model(config, run_id, tmp / "model.pt", example,
                              {"modality": config.modality, "data_sha256": tags["vaeflow.data_sha256"],
                               "git_commit": tags["git_commit"], "best_val_neg_elbo": f"{best_val:.4f}"})
@@ -230,7 +231,7 @@ def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> 
     generator = torch.Generator(device=_device(config)).manual_seed(config.seed)
     with atomic_path(paths.samples) as tmp:
         tmp.mkdir()
-        metrics = _modality(config).write_samples(model, config, paths, tmp, generator)
+        metrics = _modality(config).task.write_samples(model, config, paths, tmp, generator)
     write_json(paths.metrics / "sample.json", metrics)
     c = tracking.client(config.tracking)
     c.log_artifacts(run["mlflow_run_id"], str(paths.samples), "samples")
@@ -241,7 +242,7 @@ def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> 
 def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from torch.utils.data import DataLoader, Subset
 
-    from vaeflow.metrics.likelihood import iwae_nll
+    from vaeflow.training.likelihood import iwae_nll
     from vaeflow.training.loop import run_epoch
 
     modality = _modality(config)
@@ -249,15 +250,15 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
     device = _device(config)
     ev = config.evaluate
     # The test split with its randomness fixed once (e.g. binarised with the job seed).
-    test = modality.fixed(modality.load(paths.processed, "test"), config.data, config.seed)
-    loader = lambda ds: DataLoader(ds, batch_size=ev.batch_size, collate_fn=modality.collate_fn())  # noqa: E731
+    test = modality.data.fixed(modality.data.load(paths.processed, "test"), config.data, config.seed)
+    loader = lambda ds: DataLoader(ds, batch_size=ev.batch_size, collate_fn=modality.data.collate_fn())  # noqa: E731
     g = lambda: torch.Generator(device=device).manual_seed(config.seed)  # noqa: E731
 
-    elbo = run_epoch(model, loader(test), modality, config, epoch=0, device=device, generator=g())
+    elbo = run_epoch(model, loader(test), modality.data, config, epoch=0, device=device, generator=g())
     n_iwae = min(ev.iwae_examples or len(test), len(test))
     subset = Subset(test, range(n_iwae))
-    nll = iwae_nll(model, loader(subset), modality, config.data, k=ev.iwae_k, device=device, generator=g(), progress=progress)
-    subset_elbo = run_epoch(model, loader(subset), modality, config, epoch=0, device=device, generator=g())
+    nll = iwae_nll(model, loader(subset), modality.data, config.data, k=ev.iwae_k, device=device, generator=g(), progress=progress)
+    subset_elbo = run_epoch(model, loader(subset), modality.data, config, epoch=0, device=device, generator=g())
     metrics = {
         "test_neg_elbo": elbo["neg_elbo"],
         "test_recon": elbo["recon"],
@@ -270,12 +271,12 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
         # −ELBO on the same examples as the IWAE NLL, so the two are directly comparable.
         "iwae_subset_neg_elbo": subset_elbo["neg_elbo"],
     }
-    spec = modality.input_spec(paths.processed)
+    spec = modality.data.input_spec(paths.processed)
     figures_dir = paths.plots / "evaluation"
     with atomic_path(figures_dir) as tmp:
         tmp.mkdir()
-        modality.evaluation_figures(model, test, spec, tmp, g())
-        metrics |= modality.evaluation_metrics(model, config, paths, tmp, g(), progress=progress)
+        modality.task.evaluation_figures(model, test, spec, tmp, g())
+        metrics |= modality.task.evaluation_metrics(model, config, paths, tmp, g(), progress=progress)
     write_json(paths.metrics / "evaluate.json", metrics)
 
     c = tracking.client(config.tracking)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vaeflow.config import ExperimentConfig
-from vaeflow.data.base import Modality
+from vaeflow.modalities.base import ModalityData
 from vaeflow.losses import beta_at, elbo
 
 METRICS = ("loss", "recon", "kl", "neg_elbo")
@@ -68,7 +68,7 @@ def _reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
 def run_epoch(
     model: nn.Module,
     loader: Iterable[Any],
-    modality: Modality,
+    modality: ModalityData,
     config: ExperimentConfig,
     *,
     epoch: int,

@@ -114,7 +114,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config.train.cpus_per_worker)  # never oversubscribe: workers × threads ≤ cores
     device = ray.train.torch.get_device()
-    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    modality = registry.MODALITIES.get_or_raise(config.modality).data
     train_ds, val_ds = ray.get(cfg["train"]), ray.get(cfg["val"])
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
@@ -258,7 +258,7 @@ def fit(
         TrainingError: with the cause in one line (e.g. a NaN loss, naming epoch and step).
     """
     init_ray()
-    modality = registry.MODALITIES.get_or_raise(config.modality)()
+    modality = registry.MODALITIES.get_or_raise(config.modality).data
     t = config.train
     storage = Path(t.storage_path).resolve()
     trainer = ray.train.torch.TorchTrainer(

@@ -1,4 +1,5 @@
-"""The contract every modality implements: prepare raw data, load splits, feed the model."""
+"""What every modality provides: a data side (prepare, load, feed the model, the serving codec) and a
+task side (samples, figures, metrics). The data side never imports the task side."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from vaeflow.config import DataConfig
 
 
 @dataclasses.dataclass
@@ -28,12 +27,14 @@ class ModelInputs:
     labels: torch.Tensor | None = None
 
 
-class Modality(abc.ABC):
-    """A kind of data (images, time series, molecules); registered in ``registry.MODALITIES``."""
+class ModalityData(abc.ABC):
+    """The data side of a modality: raw data → processed splits → batches, and the serving codec."""
 
     @abc.abstractmethod
-    def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-        """Fetch and verify raw data, write the processed splits into ``out_dir``; return counts."""
+    def prepare(self, config: Any, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+        """Fetch and verify raw data, write the processed splits into ``out_dir``; return counts.
+
+        ``config`` is the modality's own data section."""
 
     @abc.abstractmethod
     def load(self, processed_dir: Path, split: str) -> torch.utils.data.Dataset:
@@ -44,12 +45,10 @@ class Modality(abc.ABC):
         """What the model builder needs to know about the data (shapes, vocabulary, classes)."""
 
     @abc.abstractmethod
-    def model_inputs(
-        self, batch: Any, config: DataConfig, *, train: bool, generator: torch.Generator | None
-    ) -> ModelInputs:
+    def model_inputs(self, batch: Any, config: Any, *, train: bool, generator: torch.Generator | None) -> ModelInputs:
         """Turn a collated batch (already on the device) into model inputs."""
 
-    def fixed(self, dataset: torch.utils.data.Dataset, config: DataConfig, seed: int) -> torch.utils.data.Dataset:
+    def fixed(self, dataset: torch.utils.data.Dataset, config: Any, seed: int) -> torch.utils.data.Dataset:
         """A copy of ``dataset`` whose model inputs no longer depend on a generator (e.g. binarised once),
         so that several evaluations (ELBO, IWAE, plots) score exactly the same data."""
         return dataset
@@ -57,18 +56,6 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def example_input(self, dataset: torch.utils.data.Dataset, n: int) -> Any:
         """``n`` inputs in the form the MLflow pyfunc model accepts (its signature's input example)."""
-
-    @abc.abstractmethod
-    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
-                      generator: torch.Generator) -> dict[str, Any]:
-        """Draw ``config.sample.n`` samples from the prior into ``out_dir``; return summary metrics.
-
-        ``paths`` are the job's folders (``paths.processed``: the prepared data)."""
-
-    @abc.abstractmethod
-    def evaluation_figures(self, model: Any, dataset: torch.utils.data.Dataset, spec: dict[str, Any],
-                           out_dir: Path, generator: torch.Generator) -> list[Path]:
-        """Write the modality's evaluation figures into ``out_dir``; return their paths."""
 
     def collate_fn(self) -> Any:
         """The DataLoader collate function; None uses torch's default."""
@@ -85,8 +72,42 @@ class Modality(abc.ABC):
         """What the pyfunc model returns for generated or reconstructed data; default: the array."""
         return generated.cpu().numpy()
 
+
+class ModalityTask(abc.ABC):
+    """The task side of a modality: what its samples look like and how they are scored."""
+
+    def __init__(self, data: ModalityData):
+        self.data = data
+
+    @abc.abstractmethod
+    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                      generator: torch.Generator) -> dict[str, Any]:
+        """Draw ``config.sample.n`` samples from the prior into ``out_dir``; return summary metrics.
+
+        ``paths`` are the job's folders (``paths.processed``: the prepared data)."""
+
+    @abc.abstractmethod
+    def evaluation_figures(self, model: Any, dataset: torch.utils.data.Dataset, spec: dict[str, Any],
+                           out_dir: Path, generator: torch.Generator) -> list[Path]:
+        """Write the modality's evaluation figures into ``out_dir``; return their paths."""
+
     def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
                            generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
-        """Modality-specific test metrics beyond −ELBO/IWAE (e.g. the MOSES suite); may write tables
-        and figures into ``out_dir`` (the evaluation folder, logged to MLflow). Default: none."""
+        """Modality-specific test metrics beyond the family's own (e.g. the MOSES suite); may write
+        tables and figures into ``out_dir`` (the evaluation folder, logged to MLflow). Default: none."""
         return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+    """What a modality package registers in ``registry.MODALITIES`` (from its ``__init__``).
+
+    Attributes:
+        name: the ``--modality`` name.
+        data: its data side.
+        task: its task side (built on the data side).
+    """
+
+    name: str
+    data: ModalityData
+    task: ModalityTask

@@ -1,4 +1,4 @@
-"""Time-series metrics: TimeGAN's post-hoc scores, autocorrelation, embeddings, anomaly scores.
+"""Time-series metrics: TimeGAN's post-hoc scores, autocorrelation, AUROC and F1 of anomaly scores.
 
 Discriminative and predictive scores follow Yoon et al. 2019 (TimeGAN,
 https://papers.nips.cc/paper/2019/hash/c9efe5f26cd17ba6216bbe2a7d26d490-Abstract.html), as
@@ -17,7 +17,6 @@ from TimeGAN's code: the predictor's output is linear, not a sigmoid, so standar
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,75 +150,7 @@ def autocorrelation_distance(real: np.ndarray, fake: np.ndarray, max_lag: int | 
     return float(np.abs(autocorrelation(real, max_lag) - autocorrelation(fake, max_lag)).mean())
 
 
-def embedding_figure(real: np.ndarray, fake: np.ndarray, path: str | Path, *, seed: int = 0, n: int = 500) -> None:
-    """PCA (fitted on real) and t-SNE of channel-averaged windows, real vs generated (as in TimeGAN)."""
-    from vaeflow import plots
-
-    rng = np.random.default_rng(seed)
-    r = real[rng.permutation(len(real))[:n]].mean(2)  # (n, T, C) → (n, T)
-    f = fake[rng.permutation(len(fake))[:n]].mean(2)
-    mean = r.mean(0)
-    _, _, vt = np.linalg.svd(r - mean, full_matrices=False)
-    panels = {"PCA": (((r - mean) @ vt[:2].T), ((f - mean) @ vt[:2].T))}
-    try:
-        from sklearn.manifold import TSNE
-
-        both = np.concatenate([r, f])
-        emb = TSNE(n_components=2, perplexity=min(30.0, (len(both) - 1) / 3), init="pca",
-                   random_state=seed % (2**31)).fit_transform(both)
-        panels["t-SNE"] = (emb[: len(r)], emb[len(r) :])
-    except ImportError:  # scikit-learn is optional: the PCA panel alone
-        pass
-    plots.real_vs_fake_scatter(panels, path)
-
-
-def autocorrelation_figure(real: np.ndarray, fake: np.ndarray, path: str | Path, channel_names: list[str]) -> None:
-    from vaeflow import plots
-
-    plots.series_panels({"real": autocorrelation(real)[None], "generated": autocorrelation(fake)[None]},
-                        channel_names, path, title="mean autocorrelation at lags 1 … T/2")
-
-
-# --- anomaly scores -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class AnomalyScores:
-    """Per-window anomaly scores (higher = more anomalous), in nats.
-
-    Attributes:
-        recon_prob: −(1/k) Σ_k log p(x | z_k), z_k ~ q(z | x): the negative Monte-Carlo
-            reconstruction probability (An & Cho 2015).
-        neg_elbo: recon_prob + KL(q(z | x) ‖ p(z)), the −ELBO of the window.
-    """
-
-    recon_prob: np.ndarray
-    neg_elbo: np.ndarray
-
-
-@torch.no_grad()
-def anomaly_scores(model: Any, windows: torch.Tensor, *, labels: torch.Tensor | None = None, k: int = 16,
-                   generator: torch.Generator | None = None, batch_size: int = 256) -> AnomalyScores:
-    """Score windows (scaled units, NaN for padding) with a trained time-series VAE.
-
-    Shapes:
-        windows: (N, T, C); labels: (N,) for a conditional model → each score (N,)
-    """
-    from vaeflow.data.timeseries import windows_to_inputs
-
-    model.eval()
-    device = next(model.parameters()).device
-    rp, ne = [], []
-    for i in range(0, len(windows), batch_size):
-        x, target = windows_to_inputs(windows[i : i + batch_size].to(device).float())
-        lab = None if labels is None or not model.num_classes else labels[i : i + batch_size].to(device)
-        q = model.encode(x, lab)
-        z = q.rsample(generator, k=k)  # (k, n, D)
-        log_px = model.decoder.log_prob(model.decode(z, lab), target)  # (k, n)
-        recon = -log_px.mean(0)
-        rp.append(recon.cpu())
-        ne.append((recon + q.kl_standard_normal().sum(-1)).cpu())
-    return AnomalyScores(torch.cat(rp).numpy(), torch.cat(ne).numpy())
+# --- anomaly detection ---------------------------------------------------------------------------
 
 
 def auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float:

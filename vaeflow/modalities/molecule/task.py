@@ -15,29 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaeflow import chem
+from vaeflow.modalities.molecule import chem
 from vaeflow.config import ConfigError
 from vaeflow.io import atomic_path
+from vaeflow.modalities.base import ModalityTask
+from vaeflow.modalities.molecule.data import MoleculeData, tokens_to_smiles
 
 log = logging.getLogger(__name__)
-
-
-def tokens_to_smiles(tokens: torch.Tensor, vocab: Sequence[str]) -> list[str]:
-    """Token ids → SELFIES → SMILES (RDKit canonical). Shapes: tokens (N, L)."""
-    import selfies as sf
-
-    specials = {"<pad>", "<bos>", "<eos>"}
-    out = []
-    for row in tokens.tolist():
-        toks = []
-        for t in row:
-            if vocab[t] == "<eos>":
-                break
-            if vocab[t] not in specials:
-                toks.append(vocab[t])
-        smiles = sf.decoder("".join(toks)) or ""
-        out.append(chem.canonical(smiles) or smiles)
-    return out
 
 
 def decode_smiles(model: Any, z: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None,
@@ -56,10 +40,9 @@ def encode_smiles(model: Any, smiles: Sequence[str], spec: dict[str, Any]) -> tu
     Raises:
         ValueError: a SMILES cannot be featurised; the message names it and why.
     """
-    from vaeflow.data.molecules import MoleculeModality
-
+    
     device = next(model.parameters()).device
-    batch = MoleculeModality().encoder_input(list(smiles), spec).to(device)
+    batch = MoleculeData().encoder_input(list(smiles), spec).to(device)
     condition = batch.properties if model.conditional else None
     with torch.no_grad():
         return model.encode(batch, condition).mu, condition
@@ -132,7 +115,7 @@ def grid_image(smiles: Sequence[str], path: Path, *, n: int = 24, per_row: int =
         img.save(str(tmp), format="PNG")
 
 
-def write_samples(modality: Any, model: Any, config: Any, paths: Any, out_dir: Path,
+def write_samples(data: MoleculeData, model: Any, config: Any, paths: Any, out_dir: Path,
                   generator: torch.Generator) -> dict[str, Any]:
     """Draw ``config.sample.n`` molecules from the prior: ``samples.csv`` and ``samples_grid.png``.
 
@@ -143,7 +126,7 @@ def write_samples(modality: Any, model: Any, config: Any, paths: Any, out_dir: P
     targets = dict(config.sample.properties)
     condition = None
     if model.condition_dim or targets:
-        train = modality.load(paths.processed, "train").props
+        train = data.load(paths.processed, "train").props
         condition = sample_conditions(model, model.input_spec, targets, n, generator=generator, train_properties=train)
     smiles: list[str] = []
     device = next(model.parameters()).device
@@ -152,7 +135,7 @@ def write_samples(modality: Any, model: Any, config: Any, paths: Any, out_dir: P
         z = config.sample.temperature * torch.randn(m, model.latent_dim, generator=generator, device=device)
         c = None if condition is None else condition[start : start + m]
         smiles += decode_smiles(model, z, greedy=False, generator=generator, condition=c)
-    from vaeflow.data.molecules import novelty_reference
+    from vaeflow.modalities.molecule.data import novelty_reference
 
     train = novelty_reference(config.data.dataset)
     rows = property_rows(smiles, train)
@@ -178,14 +161,14 @@ def reconstruction_metrics(model: Any, dataset: Any, *, n: int, batch_size: int 
     from rdkit import Chem
     from torch.utils.data import DataLoader, Subset
 
-    from vaeflow.data.molecules import _pyg_collate
-    from vaeflow.metrics.molecules import fingerprints
+    from vaeflow.modalities.molecule.data import collate_graphs
+    from vaeflow.modalities.molecule.metrics import fingerprints
 
     model.eval()
     device = next(model.parameters()).device
     subset = Subset(dataset, range(min(n, len(dataset))))
     decoded: list[str] = []
-    for batch in DataLoader(subset, batch_size=batch_size, collate_fn=_pyg_collate):
+    for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate_graphs):
         batch = batch.to(device)
         condition = batch.properties if model.conditional else None
         decoded += decode_smiles(model, model.encode(batch, condition).mu, greedy=True, condition=condition)
@@ -235,12 +218,12 @@ def property_plots(gen: dict[str, list[float]], ref: dict[str, Any], path: Path)
     plt.close(fig)
 
 
-def evaluation_metrics(modality: Any, model: Any, config: Any, paths: Any, out_dir: Path,
+def evaluation_metrics(data: MoleculeData, model: Any, config: Any, paths: Any, out_dir: Path,
                        generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
     """MOSES metrics of the sample stage's molecules plus reconstruction accuracy; writes the metric
     table (``moses_metrics.csv``) and property histograms (``properties.png``) into ``out_dir``."""
-    from vaeflow.data.molecules import DATASETS, MoleculeSource
-    from vaeflow.metrics import molecules as M
+    from vaeflow.modalities.molecule.data import DATASETS, MoleculeSource
+    from vaeflow.modalities.molecule import metrics as M
 
     samples = Path(paths.samples) / "samples.csv"
     if not samples.is_file():
@@ -249,19 +232,19 @@ def evaluation_metrics(modality: Any, model: Any, config: Any, paths: Any, out_d
         rows = list(csv.DictReader(f))
     gen = [row["SMILES"] for row in rows]
     source: MoleculeSource = DATASETS.get_or_raise(config.data.dataset)
-    spec = modality.input_spec(paths.processed)
+    spec = data.input_spec(paths.processed)
     refs: dict[str, dict[str, Any]] = {}
     names = {"test": "Test", "test_scaffolds": "TestSF"}
     for split in ("test", "test_scaffolds"):
         if split in source.reference_stats:
             refs[names[split]] = M.load_reference(source.reference_stats[split]())
         elif split in spec["splits"]:
-            refs[names[split]] = M.reference_statistics(modality.load(paths.processed, split).smiles)
-    from vaeflow.data.molecules import novelty_reference
+            refs[names[split]] = M.reference_statistics(data.load(paths.processed, split).smiles)
+    from vaeflow.modalities.molecule.data import novelty_reference
 
     train = novelty_reference(config.data.dataset)
     metrics = M.metric_suite(gen, train=train, references=refs)
-    test = modality.load(paths.processed, "test")
+    test = data.load(paths.processed, "test")
     metrics |= reconstruction_metrics(model, test, n=config.evaluate.iwae_examples or len(test))
     with open(out_dir / "moses_metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -272,6 +255,24 @@ def evaluation_metrics(modality: Any, model: Any, config: Any, paths: Any, out_d
         gen_props = {name: [float(r[name]) for r in valid] for name in chem.PROPERTIES}
         property_plots(gen_props, next(iter(refs.values())), out_dir / "properties.png")
     return {M.mlflow_key(k): float(v) for k, v in metrics.items()}
+
+
+class MoleculeTask(ModalityTask):
+    """Samples as SMILES (CSV + grid), the MOSES metric suite and reconstruction from the latent mean."""
+
+    data: MoleculeData
+
+    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                      generator: torch.Generator) -> dict[str, Any]:
+        return write_samples(self.data, model, config, paths, out_dir, generator)
+
+    def evaluation_figures(self, model: Any, dataset: Any, spec: dict[str, Any], out_dir: Path,
+                           generator: torch.Generator) -> list[Path]:
+        return evaluation_figures(model, dataset, spec, out_dir, generator)
+
+    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                           generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
+        return evaluation_metrics(self.data, model, config, paths, out_dir, generator, progress=progress)
 
 
 # --- latent-space operations ----------------------------------------------------------------------

@@ -3,25 +3,62 @@
 The CSV holds one row per time step and one column per channel of the training data (a header
 row is optional). It is scaled with the scaler fitted at prepare time, cut into the model's
 windows, and each window gets two scores (higher = more anomalous): the negative Monte-Carlo
-reconstruction probability and the −ELBO (see ``vaeflow.metrics.timeseries.anomaly_scores``).
+reconstruction probability and the −ELBO (see ``anomaly_scores``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vaeflow.data.timeseries import Scaler, SeriesDataError, read_numeric_csv, sliding_windows
+from vaeflow.modalities.timeseries.data import Scaler, SeriesDataError, read_numeric_csv, sliding_windows, windows_to_inputs
 from vaeflow.io import atomic_path
-from vaeflow.metrics.timeseries import anomaly_scores
-from vaeflow.training import checkpoint
 
 
-def score_csv(model_file: str | Path, csv_file: str | Path, out_file: str | Path, *, k: int | None = None,
+@dataclasses.dataclass
+class AnomalyScores:
+    """Per-window anomaly scores (higher = more anomalous), in nats.
+
+    Attributes:
+        recon_prob: −(1/k) Σ_k log p(x | z_k), z_k ~ q(z | x): the negative Monte-Carlo
+            reconstruction probability (An & Cho 2015).
+        neg_elbo: recon_prob + KL(q(z | x) ‖ p(z)), the −ELBO of the window.
+    """
+
+    recon_prob: np.ndarray
+    neg_elbo: np.ndarray
+
+
+@torch.no_grad()
+def anomaly_scores(model: Any, windows: torch.Tensor, *, labels: torch.Tensor | None = None, k: int = 16,
+                   generator: torch.Generator | None = None, batch_size: int = 256) -> AnomalyScores:
+    """Score windows (scaled units, NaN for padding) with a trained time-series VAE.
+
+    Shapes:
+        windows: (N, T, C); labels: (N,) for a conditional model → each score (N,)
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    rp, ne = [], []
+    for i in range(0, len(windows), batch_size):
+        x, target = windows_to_inputs(windows[i : i + batch_size].to(device).float())
+        lab = None if labels is None or not model.num_classes else labels[i : i + batch_size].to(device)
+        q = model.encode(x, lab)
+        z = q.rsample(generator, k=k)  # (k, n, D)
+        log_px = model.decoder.log_prob(model.decode(z, lab), target)  # (k, n)
+        recon = -log_px.mean(0)
+        rp.append(recon.cpu())
+        ne.append((recon + q.kl_standard_normal().sum(-1)).cpu())
+    return AnomalyScores(torch.cat(rp).numpy(), torch.cat(ne).numpy())
+
+
+
+def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Path, *, k: int | None = None,
               stride: int = 1, label: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Score every window of ``csv_file`` and write one row per window to ``out_file``.
 
@@ -29,10 +66,9 @@ def score_csv(model_file: str | Path, csv_file: str | Path, out_file: str | Path
         SeriesDataError: a file the model cannot score (ragged rows, NaN/inf or non-numbers, a
             channel count other than the training data's, fewer steps than a window), in one line.
     """
-    model, config, _ = checkpoint.load_model(model_file)
     spec = model.input_spec
     if "scaler" not in spec:
-        raise SeriesDataError(f"{model_file} is not a time-series model (modality {config.modality!r})")
+        raise SeriesDataError(f"this is not a time-series model (modality {config.modality!r}); pass a time-series model.pt")
     csv_file = Path(csv_file)
     if not csv_file.is_file():
         raise SeriesDataError(f"{csv_file}: no such file")

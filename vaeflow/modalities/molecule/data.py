@@ -2,7 +2,7 @@
 
 Data sets: MOSES (Polykovskiy et al. 2020), read from the data folder of the PyPI package
 ``molsets`` (``pip install --no-deps molsets``), and QM9 SMILES fetched and verified by
-``vaeflow.data.download`` like the images.
+``vaeflow.download`` like the images.
 
 Processed layout (``data/processed/molecule/``): ``{train,val,test[,test_scaffolds]}.pt`` each a
 dict of collated tensors plus slices (PyG ``InMemoryDataset`` style: one tensor per field for the
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaeflow import chem
+from vaeflow.modalities.molecule import chem
 from vaeflow.config import DataConfig
-from vaeflow.data.base import Modality, ModelInputs
-from vaeflow.data.download import RemoteFile, fetch
+from vaeflow.modalities.base import ModalityData, ModelInputs
+from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path
-from vaeflow.registry import DATASETS, MODALITIES
+from vaeflow.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -492,6 +492,24 @@ def novelty_reference(dataset: str) -> frozenset[str]:
     return frozenset(filter(None, (chem.canonical(s) for s in raw)))
 
 
+def tokens_to_smiles(tokens: torch.Tensor, vocab: Sequence[str]) -> list[str]:
+    """Token ids → SELFIES → SMILES (RDKit canonical). Shapes: tokens (N, L)."""
+    import selfies as sf
+
+    specials = {"<pad>", "<bos>", "<eos>"}
+    out = []
+    for row in tokens.tolist():
+        toks = []
+        for t in row:
+            if vocab[t] == "<eos>":
+                break
+            if vocab[t] not in specials:
+                toks.append(vocab[t])
+        smiles = sf.decoder("".join(toks)) or ""
+        out.append(chem.canonical(smiles) or smiles)
+    return out
+
+
 class MoleculeDataset(torch.utils.data.Dataset):
     """A processed split held as collated tensors; items are PyG ``Data`` built by slicing.
 
@@ -541,14 +559,13 @@ def _read_spec(processed_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _pyg_collate(items: list[Any]) -> Any:
+def collate_graphs(items: list[Any]) -> Any:
     from torch_geometric.data import Batch
 
     return Batch.from_data_list(items)
 
 
-@MODALITIES.register("molecule")
-class MoleculeModality(Modality):
+class MoleculeData(ModalityData):
     """Graphs in, SELFIES out: a GNN encoder reads the molecular graph, an autoregressive decoder
     writes SELFIES tokens (every token sequence decodes to a valid molecule, Krenn et al. 2020)."""
 
@@ -621,7 +638,7 @@ class MoleculeModality(Modality):
         return spec | {"condition_dim": len(spec["properties"])}
 
     def collate_fn(self) -> Any:
-        return _pyg_collate
+        return collate_graphs
 
     def model_inputs(self, batch: Any, config: DataConfig, *, train: bool,
                      generator: torch.Generator | None) -> ModelInputs:
@@ -659,27 +676,7 @@ class MoleculeModality(Modality):
         """Token ids → a DataFrame with a ``SMILES`` column (RDKit canonical)."""
         import pandas as pd
 
-        from vaeflow import molecules
-
-        return pd.DataFrame({"SMILES": molecules.tokens_to_smiles(generated.cpu(), spec["vocab"])})
-
-    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
-                      generator: torch.Generator) -> dict[str, Any]:
-        from vaeflow import molecules
-
-        return molecules.write_samples(self, model, config, paths, out_dir, generator)
-
-    def evaluation_figures(self, model: Any, dataset: MoleculeDataset, spec: dict[str, Any],
-                           out_dir: Path, generator: torch.Generator) -> list[Path]:
-        from vaeflow import molecules
-
-        return molecules.evaluation_figures(model, dataset, spec, out_dir, generator)
-
-    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
-                           generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
-        from vaeflow import molecules
-
-        return molecules.evaluation_metrics(self, model, config, paths, out_dir, generator, progress=progress)
+        return pd.DataFrame({"SMILES": tokens_to_smiles(generated.cpu(), spec["vocab"])})
 
 
 def _reason_kind(reason: str) -> str:

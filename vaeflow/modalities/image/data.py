@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaeflow import plots
 from vaeflow.config import DataConfig
-from vaeflow.data.base import Modality, ModelInputs
-from vaeflow.data.download import RemoteFile, fetch
-from vaeflow.data.idx import read_idx
+from vaeflow.modalities.base import ModalityData, ModelInputs
+from vaeflow.download import RemoteFile, fetch
+from vaeflow.idx import read_idx
 from vaeflow.io import atomic_path
-from vaeflow.registry import DATASETS, MODALITIES
+from vaeflow.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
 
@@ -121,8 +120,7 @@ def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-@MODALITIES.register("image")
-class ImageModality(Modality):
+class ImageData(ModalityData):
     def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
         source: IdxImageDataset = DATASETS.get_or_raise(config.dataset, "data.dataset")
         steps = tqdm(total=4, desc=f"prepare {config.dataset}", disable=not progress)
@@ -193,51 +191,3 @@ class ImageModality(Modality):
 
     def example_input(self, dataset: ImageDataset, n: int) -> np.ndarray:
         return (dataset.x[:n].float() / 255.0).numpy()  # (n, C, H, W) float32 in [0, 1]
-
-    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
-                      generator: torch.Generator) -> dict[str, Any]:
-        n = config.sample.n
-        labels = torch.arange(n) % model.num_classes if model.num_classes else None
-        images = model.sample(n, generator=generator, labels=labels, temperature=config.sample.temperature)
-        images = images.float().cpu().numpy()  # (n, C, H, W) Bernoulli/Gaussian means in [0, 1]
-        np.savez_compressed(out_dir / "samples.npz", images=images.astype(np.float16))
-        plots.image_grid(images[:64], out_dir / "prior_samples.png", nrow=8,
-                         title=f"prior samples (temperature {config.sample.temperature})")
-        return {"n_samples": n, "mean_pixel": float(images.mean())}
-
-    @torch.no_grad()
-    def evaluation_figures(self, model: Any, dataset: ImageDataset, spec: dict[str, Any],
-                           out_dir: Path, generator: torch.Generator) -> list[Path]:
-        model.eval()
-        device = next(model.parameters()).device
-        x = dataset.x.float().to(device) / 255.0
-        y = dataset.y.to(device)
-        labels = y if model.num_classes else None
-        mean = lambda z, lab: model.decoder.mean(model.decode(z, lab)).cpu().numpy()  # noqa: E731
-
-        # Reconstructions: rows alternate originals and reconstructions from the posterior mean.
-        n = min(16, len(x))
-        recon = mean(model.encode(x[:n], None if labels is None else labels[:n]).mu, None if labels is None else labels[:n])
-        pairs = np.stack([x[:n].cpu().numpy(), recon], 1).reshape(2 * n, *recon.shape[1:])  # (n, 2, C, H, W) → (2n, …)
-        paths = [out_dir / "reconstructions.png", out_dir / "interpolation.png", out_dir / "latent_pca.png"]
-        plots.image_grid(np.concatenate([pairs[0::2][:8], pairs[1::2][:8], pairs[0::2][8:], pairs[1::2][8:]]),
-                         paths[0], nrow=8, title="test images (rows 1, 3) and reconstructions (rows 2, 4)")
-
-        # Interpolation: linear paths between the posterior means of random test pairs.
-        steps, rows = 10, []
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(generator.initial_seed())))[:64]
-        starts = [int(i) for i in idx[:32]]
-        ends = [int(j) for j in idx[32:]]
-        for a, b in list(zip(starts, ends))[:6]:
-            mu = model.encode(x[[a, b]], None if labels is None else labels[[a, b]]).mu  # (2, D)
-            t = torch.linspace(0, 1, steps, device=device)[:, None]
-            path = (1 - t) * mu[0] + t * mu[1]  # (steps, D)
-            lab = None if labels is None else torch.where(t[:, 0] < 0.5, labels[a], labels[b])
-            rows.append(mean(path, lab))
-        plots.image_grid(np.concatenate(rows), paths[1], nrow=steps, title="latent interpolation between test images")
-
-        # Latent scatter of posterior means over the test set.
-        mus = torch.cat([model.encode(x[i : i + 1024], None if labels is None else labels[i : i + 1024]).mu
-                         for i in range(0, len(x), 1024)])
-        plots.latent_scatter(mus.cpu().numpy(), y.cpu().numpy(), paths[2], class_names=spec.get("class_names", ()))
-        return paths

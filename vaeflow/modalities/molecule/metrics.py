@@ -21,7 +21,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
-from vaeflow import chem
+from vaeflow.modalities.molecule import chem
 
 PROPERTY_FUNCS = {
     "logP": lambda m: chem.properties(m)[0],

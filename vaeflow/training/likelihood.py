@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vaeflow.data.base import Modality
+from vaeflow.modalities.base import ModalityData
 from vaeflow.config import DataConfig
 from vaeflow.losses import iwae_log_likelihood
 from vaeflow.models.distributions import standard_normal_log_prob
@@ -20,7 +20,7 @@ from vaeflow.training.loop import to_device
 def iwae_nll(
     model: VAE,
     loader: Iterable[Any],
-    modality: Modality,
+    modality: ModalityData,
     data_config: DataConfig,
     *,
     k: int,

@@ -1,0 +1,9 @@
+"""Molecules: MOSES/QM9 SMILES → graphs (GNN encoder) and SELFIES (autoregressive decoder), MOSES metrics."""
+
+from vaeflow.modalities.base import Modality
+from vaeflow.modalities.molecule.data import MoleculeData
+from vaeflow.modalities.molecule.task import MoleculeTask
+from vaeflow.registry import MODALITIES
+
+_data = MoleculeData()
+MODALITIES.register("molecule")(Modality("molecule", _data, MoleculeTask(_data)))

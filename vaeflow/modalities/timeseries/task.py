@@ -1,0 +1,120 @@
+"""Time-series samples in real units, evaluation figures and TimeGAN's post-hoc scores."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaeflow import plots
+from vaeflow.modalities.base import ModalityTask
+from vaeflow.modalities.timeseries import metrics as tsm
+from vaeflow.modalities.timeseries.data import Scaler, WindowDataset
+
+
+def embedding_figure(real: np.ndarray, fake: np.ndarray, path: str | Path, *, seed: int = 0, n: int = 500) -> None:
+    """PCA (fitted on real) and t-SNE of channel-averaged windows, real vs generated (as in TimeGAN)."""
+    rng = np.random.default_rng(seed)
+    r = real[rng.permutation(len(real))[:n]].mean(2)  # (n, T, C) → (n, T)
+    f = fake[rng.permutation(len(fake))[:n]].mean(2)
+    mean = r.mean(0)
+    _, _, vt = np.linalg.svd(r - mean, full_matrices=False)
+    panels = {"PCA": (((r - mean) @ vt[:2].T), ((f - mean) @ vt[:2].T))}
+    try:
+        from sklearn.manifold import TSNE
+
+        both = np.concatenate([r, f])
+        emb = TSNE(n_components=2, perplexity=min(30.0, (len(both) - 1) / 3), init="pca",
+                   random_state=seed % (2**31)).fit_transform(both)
+        panels["t-SNE"] = (emb[: len(r)], emb[len(r) :])
+    except ImportError:  # scikit-learn is optional: the PCA panel alone
+        pass
+    plots.real_vs_fake_scatter(panels, path)
+
+
+def autocorrelation_figure(real: np.ndarray, fake: np.ndarray, path: str | Path, channel_names: list[str]) -> None:
+    plots.series_panels({"real": tsm.autocorrelation(real)[None], "generated": tsm.autocorrelation(fake)[None]},
+                        channel_names, path, title="mean autocorrelation at lags 1 … T/2")
+
+
+class TimeSeriesTask(ModalityTask):
+    def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                      generator: torch.Generator) -> dict[str, Any]:
+        spec = model.input_spec
+        scaler = Scaler.from_dict(spec["scaler"])
+        n = config.sample.n
+        labels = torch.arange(n, device=generator.device) % model.num_classes if model.num_classes else None
+        scaled = model.sample(n, generator=generator, labels=labels, temperature=config.sample.temperature).float().cpu().numpy()
+        real = scaler.inverse(scaled)  # (n, T, C) in the data's own units
+        names = spec["channel_names"]
+        np.savez_compressed(out_dir / "samples.npz", samples=real.astype(np.float32), scaled=scaled.astype(np.float32),
+                            labels=np.full(n, -1) if labels is None else labels.cpu().numpy(), channels=np.array(names))
+        with open(out_dir / "samples_preview.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample", "step", *names])
+            for i in range(min(n, 10)):
+                for t in range(real.shape[1]):
+                    w.writerow([i, t, *(f"{v:.6g}" for v in real[i, t])])
+        plots.series_panels({"generated": real[:8]}, names, out_dir / "samples.png", title="generated sequences (real units)")
+        return {"n_samples": n, "mean_scaled": float(scaled.mean()), "std_scaled": float(scaled.std())}
+
+    def generated_like(self, model: Any, dataset: WindowDataset, generator: torch.Generator) -> np.ndarray:
+        """As many generated windows as ``dataset`` holds, with its labels for a conditional model.
+
+        Shapes:
+            returns (N, T, C) in scaled units.
+        """
+        labels = dataset.y.to(generator.device) if model.num_classes else None
+        out = []
+        for i in range(0, len(dataset), 1024):
+            lab = None if labels is None else labels[i : i + 1024]
+            out.append(model.sample(min(1024, len(dataset) - i), generator=generator, labels=lab).float().cpu())
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def evaluation_figures(self, model: Any, dataset: WindowDataset, spec: dict[str, Any],
+                           out_dir: Path, generator: torch.Generator) -> list[Path]:
+        model.eval()
+        scaler = Scaler.from_dict(spec["scaler"])
+        real = np.nan_to_num(dataset.x.numpy())
+        fake = self.generated_like(model, dataset, generator)
+        paths = [out_dir / "real_vs_generated.png", out_dir / "pca_tsne.png", out_dir / "autocorrelation.png",
+                 out_dir / "reconstructions.png"]
+        plots.series_panels({"real": scaler.inverse(real[:4]), "generated": scaler.inverse(fake[:4])},
+                            spec["channel_names"], paths[0], title="test windows vs generated (real units)")
+        embedding_figure(real, fake, paths[1], seed=generator.initial_seed())
+        autocorrelation_figure(real, fake, paths[2], spec["channel_names"])
+        device = next(model.parameters()).device
+        x = torch.nan_to_num(dataset.x[:4]).to(device)
+        lab = dataset.y[:4].to(device) if model.num_classes else None
+        recon = model.decoder.mean(model.decode(model.encode(x, lab).mu, lab)).cpu().numpy()
+        plots.series_panels({"test": scaler.inverse(x.cpu().numpy()), "reconstruction": scaler.inverse(recon)},
+                            spec["channel_names"], paths[3], title="test windows and reconstructions from the posterior mean")
+        return paths
+
+    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                           generator: torch.Generator, *, progress: bool = True) -> dict[str, Any]:
+        """TimeGAN's discriminative and predictive scores and the autocorrelation distance.
+
+        As published (TimeGAN, TimeVAE), generated windows are compared with the windows the model
+        was fitted on (the training split, ``*_train`` keys). Because our splits are in time order,
+        the discriminative score and autocorrelation distance against the later test span
+        (``*_test`` keys) also show how far the generated data are from the series' future.
+        """
+        model.eval()
+        ev, out = config.evaluate, {}
+        for split in ("train", "test"):
+            data = self.data.load(paths.processed, split)
+            real = np.nan_to_num(data.x.numpy())
+            with torch.no_grad():
+                fake = self.generated_like(model, data, generator)
+            disc = tsm.discriminative_score(real, fake, seeds=ev.posthoc_seeds, steps=ev.posthoc_steps, seed=config.seed)
+            out |= {f"discriminative_score_{split}": disc.mean, f"discriminative_score_{split}_std": disc.std,
+                    f"acf_distance_{split}": tsm.autocorrelation_distance(real, fake), f"n_generated_{split}": len(fake)}
+            if split == "train":  # train on synthetic, test on the real windows the model was fitted on
+                pred = tsm.predictive_score(fake, real, seeds=ev.posthoc_seeds, steps=ev.posthoc_steps, seed=config.seed)
+                out |= {"predictive_score_train": pred.mean, "predictive_score_train_std": pred.std}
+        return out | {"posthoc_seeds": ev.posthoc_seeds, "posthoc_steps": ev.posthoc_steps}
