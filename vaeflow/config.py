@@ -98,6 +98,8 @@ class ModelConfig:
     decoder: ModuleSpec = ModuleSpec("conv2d")
     # Class-conditional VAE (Sohn et al. 2015): labels feed both encoder and decoder.
     conditional: bool = False
+    # The model family (registry.FAMILIES): it owns the objective, optimizers and inference verbs.
+    family: str = "vae"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +392,7 @@ def validate(config: ExperimentConfig) -> None:
     try:
         registry.check_name("modality", registry.MODALITIES, config.modality)
         registry.check_name("data.dataset", registry.DATASETS, config.data.dataset)
+        registry.check_name("model.family", registry.FAMILIES, config.model.family)
         registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type)
         registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type)
     except registry.RegistryError as exc:

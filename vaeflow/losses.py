@@ -37,8 +37,17 @@ def elbo(log_px_z: torch.Tensor, kl_per_dim: torch.Tensor, *, beta: float = 1.0,
     recon = -log_px_z.mean()
     kl_dims = kl_per_dim.mean(0)  # (N, D) → (D,)
     kl = kl_dims.sum()
-    kl_term = kl_dims.clamp(min=free_bits).sum() if free_bits > 0 else kl
-    return ELBOTerms(loss=recon + beta * kl_term, recon=recon, kl=kl, neg_elbo=recon + kl)
+    return ELBOTerms(loss=recon + beta * free_bits_kl(kl_dims, free_bits), recon=recon, kl=kl, neg_elbo=recon + kl)
+
+
+def free_bits_kl(kl_dims: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """The KL that the optimiser sees under free bits (Kingma et al. 2016): each dimension's batch-mean
+    KL counts as at least ``free_bits`` nats; with 0 it is the plain sum.
+
+    Shapes:
+        kl_dims: (D,) batch-mean KL per latent dimension → ()
+    """
+    return kl_dims.clamp(min=free_bits).sum() if free_bits > 0 else kl_dims.sum()
 
 
 def beta_at(epoch: float, *, beta: float, warmup_epochs: int) -> float:

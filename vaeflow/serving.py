@@ -1,9 +1,10 @@
-"""The MLflow pyfunc model: rebuilds the VAE from the checkpoint's config + state dict.
+"""The MLflow pyfunc model: rebuilds the model from the checkpoint's config + state dict and answers
+through its family's verbs (``encode``, ``reconstruct``, ``sample``).
 
 No pickled modules travel with the model; the checkpoint loads with ``weights_only=True``.
 ``predict`` answers three modes (chosen with the ``mode`` param):
 
-- ``encode``: inputs → posterior means, shape (N, latent_dim)
+- ``encode``: inputs → latent codes (the VAE's posterior means), shape (N, latent_dim)
 - ``reconstruct``: inputs → decoded means, same shape as the inputs (molecules: greedy SMILES)
 - ``sample``: ignores the rows; draws ``n`` samples with ``seed`` and ``temperature``
   (molecules: a ``SMILES`` column)
@@ -29,11 +30,13 @@ MODES = ("encode", "reconstruct", "sample")
 
 class VAEPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from vaeflow.models.families import family_of
         from vaeflow.training.checkpoint import load_model
 
         from vaeflow import registry
 
         self.model, self.config, state = load_model(context.artifacts["checkpoint"])
+        self.family = family_of(self.model)
         self.spec = state["input_spec"]
         self.modality = registry.MODALITIES.get_or_raise(self.config.modality).data
 
@@ -57,12 +60,11 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"mode {p['mode']!r} is not one of {MODES}")
         if p["mode"] == "sample":
             g = torch.Generator().manual_seed(int(p["seed"]))
-            out = self.model.sample(int(p["n"]), generator=g, labels=self._condition(int(p["n"]), p),
-                                    temperature=float(p["temperature"]))
+            out = self.family.sample(self.model, int(p["n"]), generator=g, labels=self._condition(int(p["n"]), p),
+                                     temperature=float(p["temperature"]))
             return self.modality.predictions(out, self.spec)
         x = self.modality.encoder_input(model_input, self.spec)
         labels = self._condition(getattr(x, "num_graphs", None) or len(x), p, x if self.model.condition_dim else None)
-        q = self.model.encode(x, labels)
         if p["mode"] == "encode":
-            return q.mu.numpy()
-        return self.modality.predictions(self.model.decoder.mean(self.model.decode(q.mu, labels)), self.spec)
+            return self.family.encode(self.model, x, labels).numpy()
+        return self.modality.predictions(self.family.reconstruct(self.model, x, labels), self.spec)

@@ -138,7 +138,7 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
 def _check_model_builds(config: ExperimentConfig, modality: Any, processed: Path) -> None:
     """Build the model once here, so an option its modules reject (an even kernel, a word dropout
     of 1.5) fails in one line before any Ray worker starts, not as a traceback from each worker."""
-    from vaeflow.models.vae import build_model
+    from vaeflow.models.families import build_model
 
     try:
         build_model(config.model, modality.data.input_spec(processed))
@@ -146,8 +146,22 @@ def _check_model_builds(config: ExperimentConfig, modality: Any, processed: Path
         raise ConfigError(f"model: {exc}; change it in the preset or with --set") from None
 
 
+def _check_split_fills_a_batch(config: ExperimentConfig, n_train: int) -> None:
+    """Every worker must get at least one full batch (the loaders drop incomplete ones): a smaller
+    training split would train zero steps and register an untrained model."""
+    t = config.train
+    per_worker = t.batch_size // t.num_workers
+    if n_train // t.num_workers < per_worker:
+        raise ConfigError(
+            f"the training split has {n_train} examples, fewer than one batch per worker (train.batch_size "
+            f"{t.batch_size} over {t.num_workers} workers = {per_worker} each), so no step would train; lower "
+            "train.batch_size or train.num_workers, or use more training data"
+        )
+
+
 def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from vaeflow import plots
+    from vaeflow.models import families
     from vaeflow.training.ray import TrainingError, fit
 
     modality = _modality(config)
@@ -155,6 +169,9 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         raise FileNotFoundError(f"{paths.processed} not found; run the prepare stage first "
                                 f"(dvc repro prepare@{config.modality}, or vaeflow prepare --modality {config.modality})")
     _check_model_builds(config, modality, paths.processed)  # before hashing the data: a mistake fails at once
+    _check_split_fills_a_batch(config, len(modality.data.load(paths.processed, "train")))
+    family = families.get(config.model.family)
+    score = family.score
     tags = tracking.lineage_tags(config, paths.processed)
     submission = os.environ.get(SUBMISSION_ENV)
     if submission:
@@ -170,15 +187,16 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
 
     best = checkpoint.load(result.best)
     history = result.history
-    best_val = history[best["epoch"] - 1]["val_neg_elbo"]
+    best_val = history[best["epoch"] - 1][f"val_{score}"]
     with atomic_path(paths.model) as tmp:
         tmp.mkdir()
         # The model file keeps what inference needs: no optimizer state.
-        checkpoint.save(tmp / "model.pt", **{k: best[k] for k in ("model", "config", "input_spec", "epoch", "mlflow_run_id")})
+        keys = ("model", "config", "input_spec", "epoch", "mlflow_run_id", "family_module")
+        checkpoint.save(tmp / "model.pt", **{k: best[k] for k in keys if k in best})
         example = modality.data.example_input(modality.data.load(paths.processed, "val"), 4)
         version = _log_model(config, run_id, tmp / "model.pt", example,
                              {"modality": config.modality, "data_sha256": tags["vaeflow.data_sha256"],
-                              "git_commit": tags["git_commit"], "best_val_neg_elbo": f"{best_val:.4f}"})
+                              "git_commit": tags["git_commit"], f"best_val_{score}": f"{best_val:.4f}"})
         run_info = {
             "mlflow_run_id": run_id,
             "tracking_uri": tracking.tracking_uri(config.tracking),
@@ -198,14 +216,14 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     metrics = {
         "epochs": len(history),
         "best_epoch": int(best["epoch"]),
-        "best_val_neg_elbo": best_val,
-        "final_train_neg_elbo": last["train_neg_elbo"],
-        "final_val_neg_elbo": last["val_neg_elbo"],
-        "final_val_kl": last["val_kl"],
+        f"best_val_{score}": best_val,
+        f"final_train_{score}": last[f"train_{score}"],
+        f"final_val_{score}": last[f"val_{score}"],
+        **{f"final_val_{k}": last[f"val_{k}"] for k in family.summary},
         "median_epoch_time_s": sorted(r["epoch_time_s"] for r in history)[len(history) // 2],
     }
     write_json(paths.metrics / "train.json", metrics)
-    tracking.log_metrics(c, run_id, {"best_val_neg_elbo": best_val})
+    tracking.log_metrics(c, run_id, {f"best_val_{score}": best_val})
     c.set_terminated(run_id, "FINISHED")
     write_json(result.run_dir / JOB_MARKER, {"mlflow_run_id": run_id, "status": "finished"})
     return metrics
@@ -219,7 +237,7 @@ def _load_trained(paths: Paths, config: ExperimentConfig) -> tuple[Any, dict[str
     for needed in (paths.model / "model.pt", run_file):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} not found; run the train stage first (dvc repro train@{config.modality})")
-    model, _, _ = checkpoint.load_model(paths.model / "model.pt", map_location=_device(config))
+    model, _, _ = checkpoint.load_model(paths.model / "model.pt", _device(config), modality=config.modality)
     return model, json.loads(run_file.read_text())
 
 
@@ -242,11 +260,14 @@ def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> 
 def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from torch.utils.data import DataLoader, Subset
 
+    from vaeflow.models.families import family_of
     from vaeflow.training.likelihood import iwae_nll
     from vaeflow.training.loop import run_epoch
 
     modality = _modality(config)
     model, run = _load_trained(paths, config)
+    family = family_of(model)
+    score = family.score
     device = _device(config)
     ev = config.evaluate
     # The test split with its randomness fixed once (e.g. binarised with the job seed).
@@ -260,16 +281,15 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
     nll = iwae_nll(model, loader(subset), modality.data, config.data, k=ev.iwae_k, device=device, generator=g(), progress=progress)
     subset_elbo = run_epoch(model, loader(subset), modality.data, config, epoch=0, device=device, generator=g())
     metrics = {
-        "test_neg_elbo": elbo["neg_elbo"],
-        "test_recon": elbo["recon"],
-        "test_kl": elbo["kl"],
+        f"test_{score}": elbo[score],
+        **{f"test_{k}": elbo[k] for k in family.reported if k != score},
         "n_test": len(test),
         "test_nll_iwae": float(nll.mean()),
         "test_nll_iwae_sem": float(nll.std() / max(len(nll), 1) ** 0.5),
         "iwae_k": ev.iwae_k,
         "iwae_examples": n_iwae,
-        # −ELBO on the same examples as the IWAE NLL, so the two are directly comparable.
-        "iwae_subset_neg_elbo": subset_elbo["neg_elbo"],
+        # The score (the VAE's −ELBO) on the same examples as the IWAE NLL, so the two are directly comparable.
+        f"iwae_subset_{score}": subset_elbo[score],
     }
     spec = modality.data.input_spec(paths.processed)
     figures_dir = paths.plots / "evaluation"
@@ -284,6 +304,6 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
     tracking.log_metrics(c, run_id, metrics)
     c.log_artifacts(run_id, str(figures_dir), "evaluation")
     c.log_artifact(run_id, str(paths.metrics / "evaluate.json"), "evaluation")
-    for key in ("test_neg_elbo", "test_nll_iwae"):
+    for key in (f"test_{score}", "test_nll_iwae"):
         c.set_model_version_tag(run["registered_model"], run["model_version"], key, f"{metrics[key]:.4f}")
     return metrics

@@ -141,4 +141,6 @@ def build_model(config: ModelConfig, input_spec: dict[str, Any]) -> VAE:
     model = VAE(encoder, decoder, latent_dim=config.latent_dim, num_classes=num_classes, condition_dim=condition_dim)
     # Kept for inference (e.g. mapping samples back to real units); not part of the state dict.
     model.input_spec = dict(input_spec)
+    # The family whose verbs (vaeflow.models.families.family_of) serve this model.
+    model.family_name = "vae"
     return model

@@ -15,18 +15,11 @@ from torch import nn
 
 from vaeflow.config import ExperimentConfig
 from vaeflow.modalities.base import ModalityData
-from vaeflow.losses import beta_at, elbo
-
-METRICS = ("loss", "recon", "kl", "neg_elbo")
+from vaeflow.models.families import Family, FamilyOptimizer, family_of
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or its gradient became NaN/inf; training stops and the last good checkpoint stays."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -65,6 +58,32 @@ def _reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def loss_names(family: Family, config: ExperimentConfig) -> dict[str, str]:
+    """Optimizer name → the metric its loss is logged as: ``loss`` for a family with one optimizer,
+    ``loss_<name>`` for each of several."""
+    names = list(family.objective(config, None).weights)
+    return {names[0]: "loss"} if len(names) == 1 else {n: f"loss_{n}" for n in names}
+
+
+def metric_names(family: Family, config: ExperimentConfig) -> tuple[str, ...]:
+    """The per-epoch metrics of ``family`` (each row holds them as ``train_<m>`` and ``val_<m>``)."""
+    return (*loss_names(family, config).values(), *family.reported)
+
+
+def _num_examples(x: Any) -> int:
+    return getattr(x, "num_graphs", None) or len(x)  # a torch-geometric Batch, or a tensor / list
+
+
+def _as_family_optimizers(optimizer: Any, family: Family, config: ExperimentConfig) -> list[FamilyOptimizer] | None:
+    if optimizer is None or isinstance(optimizer, list):
+        return optimizer
+    names = list(family.objective(config, None).weights)
+    if len(names) != 1:
+        raise ValueError(f"the {config.model.family} family trains {len(names)} optimizers ({', '.join(names)}); "
+                         "pass the list family.optimizers(...) returns")
+    return [FamilyOptimizer(names[0], optimizer)]
+
+
 def run_epoch(
     model: nn.Module,
     loader: Iterable[Any],
@@ -74,7 +93,7 @@ def run_epoch(
     epoch: int,
     device: torch.device,
     generator: torch.Generator | None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: list[FamilyOptimizer] | torch.optim.Optimizer | None = None,
     progress: Callable[..., Any] | None = None,
     start_step: int = 0,
     totals: dict[str, float] | None = None,
@@ -82,10 +101,16 @@ def run_epoch(
     on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
     reseed: Callable[[int], torch.Generator] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; trains when an optimizer is given, else evaluates under no_grad.
+    """One pass over ``loader``; trains when optimizers are given, else evaluates under no_grad.
 
-    Returns the example-weighted means of loss, recon, kl and neg_elbo over all workers,
-    plus the β in force at the end of the epoch.
+    The model's family (``family_of(model)``) gives the named terms of each batch and, through its
+    ``objective``, the weight of each term in each optimizer's loss; this loop sums and steps them
+    and never names a term. ``optimizer`` is the list ``family.optimizers(...)`` returns, or one
+    torch optimizer for a family with a single one.
+
+    Returns the example-weighted means over all workers of each optimizer's loss and the family's
+    reported terms (``metric_names``), plus the family's schedule values (e.g. ``beta``) at the end
+    of the epoch.
 
     Mid-epoch checkpoints (training only): every ``checkpoint_every`` steps, ``on_checkpoint(step,
     totals)`` gets the running totals summed over all workers. A run resumed from such a checkpoint
@@ -95,18 +120,20 @@ def run_epoch(
     depends on the steps before it and a resumed epoch continues exactly.
 
     Raises:
-        NonFiniteLossError: the loss or the gradient norm is NaN/inf (same step on every worker,
+        NonFiniteLossError: a loss or a gradient norm is NaN/inf (same step on every worker,
             since gradients are synchronised before the check).
     """
-    train = optimizer is not None
+    family = family_of(model)
+    optimizers = _as_family_optimizers(optimizer, family, config)
+    train = optimizers is not None
     model.train(train)
-    bare = unwrap(model)
     n_steps = len(loader) if hasattr(loader, "__len__") else None
-    sums = dict.fromkeys(METRICS, 0.0) | {"n": 0.0} | (totals or {})
+    losses = loss_names(family, config)
+    sums = dict.fromkeys(metric_names(family, config), 0.0) | {"n": 0.0} | (totals or {})
     if reseed is not None:
         generator = reseed(start_step)
     seed_global_rng = reseed is not None  # at the next step trained, not before: iterating the loader may draw from it
-    beta = config.loss.beta
+    objective = family.objective(config, None)  # what is reported if no step is taken
     desc = f"epoch {epoch + 1}/{config.train.epochs} {'train' if train else 'val'}"
     bar = progress(total=n_steps, desc=desc) if progress else None
     clip = config.train.grad_clip if config.train.grad_clip > 0 else math.inf
@@ -122,29 +149,38 @@ def run_epoch(
             batch = to_device(batch, device)
             inputs = modality.model_inputs(batch, config.data, train=train, generator=generator)
             if train:
-                frac = step / n_steps if n_steps else 0.0
-                beta = beta_at(epoch + frac, beta=config.loss.beta, warmup_epochs=config.loss.warmup_epochs)
+                objective = family.objective(config, epoch + (step / n_steps if n_steps else 0.0))
             with autocast(config.train.precision, device):
-                out = model(inputs.x, inputs.labels if bare.conditional else None, target=inputs.target, generator=generator)
-            # Likelihood and KL in fp32 whatever the forward precision.
-            log_px_z = bare.decoder.log_prob(out.decoded.float(), inputs.target)
-            kl = out.posterior.kl_standard_normal().float()
-            terms = elbo(log_px_z, kl, beta=beta, free_bits=config.loss.free_bits)
+                terms = family.terms(model, inputs, config=config, generator=generator)
+            loss = {name: sum(w * terms[t] for t, w in objective.weights[name].items()) for name in losses}
             if train:
-                optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                if not (torch.isfinite(grad_norm) and torch.isfinite(terms.loss)):
-                    raise NonFiniteLossError(
-                        f"loss became {terms.loss.item():.4g} (gradient norm {grad_norm.item():.4g}) at epoch "
-                        f"{epoch + 1}, step {step + 1}; training stopped and the last good checkpoint is kept. "
-                        "Lower train.lr, set train.grad_clip, or check the data for NaN/inf."
-                    )
-                optimizer.step()
-            n = log_px_z.shape[0]
+                for opt in optimizers:
+                    opt.optimizer.zero_grad(set_to_none=True)
+                # All backward passes before any step: a step changes parameters that the next
+                # loss's graph still holds. Each loss reaches only its own optimizer's parameters.
+                for i, opt in enumerate(optimizers):
+                    if len(optimizers) == 1:
+                        loss[opt.name].backward()
+                    else:
+                        loss[opt.name].backward(inputs=opt.parameters, retain_graph=i < len(optimizers) - 1)
+                for opt in optimizers:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(opt.parameters, clip)
+                    if not (torch.isfinite(grad_norm) and torch.isfinite(loss[opt.name])):
+                        raise NonFiniteLossError(
+                            f"{losses[opt.name]} became {loss[opt.name].item():.4g} (gradient norm "
+                            f"{grad_norm.item():.4g}) at epoch {epoch + 1}, step {step + 1}; training stopped and the "
+                            "last good checkpoint is kept. Lower train.lr, set train.grad_clip, or check the data for NaN/inf."
+                        )
+                for opt in optimizers:
+                    opt.optimizer.step()
+                    if opt.scheduler is not None:
+                        opt.scheduler.step()
+            n = _num_examples(inputs.x)
             sums["n"] += n
-            for key in METRICS:
-                sums[key] += getattr(terms, key).item() * n
+            for name, key in losses.items():
+                sums[key] += loss[name].item() * n
+            for key in family.reported:
+                sums[key] += terms[key].item() * n
             done = step + 1
             if train and checkpoint_every and done % checkpoint_every == 0 and (n_steps is None or done < n_steps):
                 on_checkpoint(done, _reduce(dict(sums), device))
@@ -154,9 +190,11 @@ def run_epoch(
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
-                    bar.set_description(f"{desc} loss={terms.loss.item():.2f} kl={terms.kl.item():.2f}")
+                    shown = ", ".join(f"{k}={v.item():.2f}" for k, v in [*((losses[n], loss[n]) for n in losses),
+                                                                         *((k, terms[k]) for k in family.reported[:2])])
+                    bar.set_description(f"{desc} {shown}")
     if bar is not None:
         bar.close()
     sums = _reduce(sums, device)
     total = max(sums.pop("n"), 1.0)
-    return {k: v / total for k, v in sums.items()} | {"beta": beta}
+    return {k: v / total for k, v in sums.items()} | dict(objective.values)

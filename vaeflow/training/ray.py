@@ -29,15 +29,23 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from vaeflow import registry, tracking
 from vaeflow.config import ExperimentConfig, from_dict
-from vaeflow.models.vae import build_model
+from vaeflow.models import families
+from vaeflow.models.families import Family, FamilyOptimizer, unwrap
+from vaeflow.models.families.vae import VAEFamily
 from vaeflow.training import checkpoint
 from vaeflow.training.checkpoint import load as load_checkpoint  # `checkpoint` is also a callback argument
-from vaeflow.training.loop import METRICS, NonFiniteLossError, run_epoch, seeded_generator, unwrap
+from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
 
 log = logging.getLogger(__name__)
 
-# Checkpoints are ranked by validation −ELBO: unlike the training loss it does not move with β warm-up.
-SCORE = "val_neg_elbo"
+
+def score_key(family: Family) -> str:
+    """The epoch-row metric checkpoints are ranked on (lower is better): ``val_<family.score>``."""
+    return f"val_{family.score}"
+
+
+# The VAE family's checkpoint score (validation −ELBO: unlike the training loss it does not move with β warm-up).
+SCORE = score_key(VAEFamily)
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +57,7 @@ class FitResult:
     """What a finished training job leaves behind.
 
     Attributes:
-        best: folder of the checkpoint with the lowest validation −ELBO.
+        best: folder of the checkpoint with the lowest validation score (the family's ``score``).
         latest: folder of the last epoch's checkpoint.
         history: one dict of metrics per epoch.
         run_dir: Ray Train's folder for this run (storage_path/name).
@@ -107,8 +115,34 @@ def _progress_factory(rank: int) -> Any:
     return tqdm
 
 
+def restore_optimizers(optimizers: list[FamilyOptimizer], state: dict[str, Any]) -> None:
+    """Load every optimizer's (and scheduler's) state from a checkpoint.
+
+    The hyperparameters of an unscheduled optimizer come from the config, not the checkpoint (its
+    restored state carries the old values); a scheduled one keeps the checkpoint's, which its
+    scheduler's restored state continues from. A checkpoint from before families (one
+    ``optimizer`` key) restores a single-optimizer family.
+    """
+    saved = state["optimizers"] if "optimizers" in state else [state["optimizer"]]
+    schedulers = state.get("schedulers") or [None] * len(saved)
+    if len(saved) != len(optimizers):
+        raise TrainingError(f"the checkpoint holds {len(saved)} optimizer states but the family trains "
+                            f"{len(optimizers)} optimizers; start a new run")
+    for opt, opt_state, sched_state in zip(optimizers, saved, schedulers):
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.optimizer.param_groups]
+        opt.optimizer.load_state_dict(opt_state)
+        if opt.scheduler is not None and sched_state is not None:
+            opt.scheduler.load_state_dict(sched_state)
+        elif opt.scheduler is None:
+            for group, hyper in zip(opt.optimizer.param_groups, fresh):
+                group.update(hyper)
+
+
 def _train_worker(cfg: dict[str, Any]) -> None:
     """Per-worker training function (runs inside a Ray Train worker)."""
+    # The family's own module first: a family registered outside vaeflow (a plugin, a test) is
+    # found in the worker by importing the module that registered it on the driver.
+    family = families.get(cfg["config"]["model"].get("family", "vae"), cfg["family_module"])
     config: ExperimentConfig = from_dict(ExperimentConfig, cfg["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -118,22 +152,22 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     train_ds, val_ds = ray.get(cfg["train"]), ray.get(cfg["val"])
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = build_model(config.model, cfg["input_spec"])
+    model = families.build_model(config.model, cfg["input_spec"])
     # A checkpoint's "epoch" counts finished epochs; "step" > 0 marks one taken inside the next epoch.
-    optimizer_state, start_epoch, start_step, totals, history = None, 0, 0, None, []
+    state, start_epoch, start_step, totals, history = None, 0, 0, None, []
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
             state = checkpoint.load(d)
         model.load_state_dict(state["model"])
-        optimizer_state, start_epoch, history = state["optimizer"], state["epoch"], state["history"]
+        start_epoch, history = state["epoch"], state["history"]
         start_step, totals = state.get("step", 0), state.get("totals")
     model = ray.train.torch.prepare_model(model)  # moves to device, wraps in DDP when world > 1
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-        for group in optimizer.param_groups:  # the restored state carries the old values; the config wins
-            group["lr"], group["weight_decay"] = config.train.lr, config.train.weight_decay
+    optimizers = family.optimizers(unwrap(model), config.train)
+    if state is not None:
+        restore_optimizers(optimizers, state)
+    score = score_key(family)
+    metrics = metric_names(family, config)
 
     # Our own DistributedSampler (also for one worker): its seed + set_epoch make each epoch's order
     # a function of (seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one.
@@ -151,8 +185,11 @@ def _train_worker(cfg: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(
-                Path(tmp) / checkpoint.FILENAME, model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                history=history, config=cfg["config"], input_spec=cfg["input_spec"], mlflow_run_id=cfg["run_id"], **state,
+                Path(tmp) / checkpoint.FILENAME, model=unwrap(model).state_dict(),
+                optimizers=[o.optimizer.state_dict() for o in optimizers],
+                schedulers=[None if o.scheduler is None else o.scheduler.state_dict() for o in optimizers],
+                history=history, config=cfg["config"], input_spec=cfg["input_spec"], mlflow_run_id=cfg["run_id"],
+                family_module=cfg["family_module"], **state,
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -163,10 +200,10 @@ def _train_worker(cfg: dict[str, Any]) -> None:
 
         def mid_epoch(step: int, sums: dict[str, float], epoch: int = epoch) -> None:
             # Scored +inf: never the "best" checkpoint, but kept as the latest for resume.
-            report({"epoch": epoch, "step": step, "partial": 1.0, SCORE: math.inf}, epoch=epoch, step=step, totals=sums)
+            report({"epoch": epoch, "step": step, "partial": 1.0, score: math.inf}, epoch=epoch, step=step, totals=sums)
 
         train = run_epoch(
-            model, train_loader, modality, config, epoch=epoch, device=device, optimizer=optimizer,
+            model, train_loader, modality, config, epoch=epoch, device=device, optimizer=optimizers,
             # A step after a mid-epoch checkpoint draws from its own stream (seeded by the step).
             generator=None, progress=progress, start_step=start_step, totals=totals if rank == 0 else None,
             checkpoint_every=config.train.checkpoint_every_steps, on_checkpoint=mid_epoch,
@@ -179,13 +216,14 @@ def _train_worker(cfg: dict[str, Any]) -> None:
             model, val_loader, modality, config, epoch=epoch, device=device,
             generator=seeded_generator(device, config.seed, "val", rank),
         )
-        row = {"epoch": epoch + 1, "beta": train["beta"], "epoch_time_s": seconds,
-               "train_examples_per_s": len(sampler) * world / seconds}
-        row |= {f"train_{k}": train[k] for k in METRICS} | {f"val_{k}": val[k] for k in METRICS}
+        # The family's schedule values (the VAE's β) as they stood at the end of the training epoch.
+        row = {"epoch": epoch + 1} | {k: v for k, v in train.items() if k not in metrics}
+        row |= {"epoch_time_s": seconds, "train_examples_per_s": len(sampler) * world / seconds}
+        row |= {f"train_{k}": train[k] for k in metrics} | {f"val_{k}": val[k] for k in metrics}
         history.append(row)
         if rank == 0:
-            print(f"epoch {epoch + 1}/{config.train.epochs}: train −ELBO {train['neg_elbo']:.2f}, "
-                  f"val −ELBO {val['neg_elbo']:.2f} (KL {val['kl']:.2f}), {seconds:.1f} s", flush=True)
+            print(f"epoch {epoch + 1}/{config.train.epochs}: train {family.score} {train[family.score]:.2f}, "
+                  f"val {family.score} {val[family.score]:.2f}, {seconds:.1f} s", flush=True)
         report(row, epoch=epoch + 1, step=0)
 
 
@@ -199,16 +237,17 @@ class _EpochMetricsToMlflow(ray.train.UserCallback):
     in the first checkpoint this job sees.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, score: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
+        self.score = score  # a metric every epoch row holds
         self._logged: set[int] | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         client = MlflowClient(tracking_uri=self.tracking_uri)
         rows = []
         if self._logged is None:
-            self._logged = {m.step for m in client.get_metric_history(self.run_id, SCORE)}
+            self._logged = {m.step for m in client.get_metric_history(self.run_id, self.score)}
             if checkpoint is not None:
                 with checkpoint.as_directory() as d:
                     rows = list(load_checkpoint(d)["history"])
@@ -259,6 +298,11 @@ def fit(
     """
     init_ray()
     modality = registry.MODALITIES.get_or_raise(config.modality).data
+    family_module = families.module_of(config.model.family)
+    if family_module == "__main__":
+        raise TrainingError(f"model family {config.model.family!r} is registered in the __main__ script, which Ray "
+                            "workers cannot import; register it in an importable module (or a vaeflow.plugins entry point)")
+    score = score_key(families.get(config.model.family))
     t = config.train
     storage = Path(t.storage_path).resolve()
     trainer = ray.train.torch.TorchTrainer(
@@ -269,6 +313,7 @@ def fit(
             "train": ray.put(modality.load(Path(processed_dir), "train")),
             "val": ray.put(modality.load(Path(processed_dir), "val")),
             "run_id": run_id,
+            "family_module": family_module,
             # Bars only on a terminal; logs (DVC, CI, ray job logs) get one line per epoch instead.
             "progress": progress and sys.stderr.isatty(),
         },
@@ -281,10 +326,10 @@ def fit(
             name=run_name,
             storage_path=str(storage),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=SCORE, checkpoint_score_order="min"
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=score, checkpoint_score_order="min"
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=[_EpochMetricsToMlflow(tracking.tracking_uri(config.tracking), run_id)],
+            callbacks=[_EpochMetricsToMlflow(tracking.tracking_uri(config.tracking), run_id, score)],
             # Ray Train logs every report with its metrics at INFO; rank 0 prints one line per epoch instead.
             logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
@@ -296,7 +341,7 @@ def fit(
         if isinstance(cause, NonFiniteLossError):
             raise TrainingError(str(cause)) from None
         raise TrainingError(f"training failed: {type(cause).__name__}: {cause}") from exc
-    best = result.get_best_checkpoint(SCORE, "min") or result.checkpoint
+    best = result.get_best_checkpoint(score, "min") or result.checkpoint
     latest = result.checkpoint
     if latest is None:
         raise TrainingError(f"training finished without a checkpoint in {storage / run_name}; was train.epochs 0?")

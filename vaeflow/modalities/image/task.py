@@ -11,6 +11,7 @@ import torch
 from vaeflow import plots
 from vaeflow.modalities.base import ModalityTask
 from vaeflow.modalities.image.data import ImageDataset
+from vaeflow.models.families import family_of
 
 
 class ImageTask(ModalityTask):
@@ -18,7 +19,7 @@ class ImageTask(ModalityTask):
                       generator: torch.Generator) -> dict[str, Any]:
         n = config.sample.n
         labels = torch.arange(n) % model.num_classes if model.num_classes else None
-        images = model.sample(n, generator=generator, labels=labels, temperature=config.sample.temperature)
+        images = family_of(model).sample(model, n, generator=generator, labels=labels, temperature=config.sample.temperature)
         images = images.float().cpu().numpy()  # (n, C, H, W) Bernoulli/Gaussian means in [0, 1]
         np.savez_compressed(out_dir / "samples.npz", images=images.astype(np.float16))
         plots.image_grid(images[:64], out_dir / "prior_samples.png", nrow=8,
@@ -29,15 +30,17 @@ class ImageTask(ModalityTask):
     def evaluation_figures(self, model: Any, dataset: ImageDataset, spec: dict[str, Any],
                            out_dir: Path, generator: torch.Generator) -> list[Path]:
         model.eval()
+        family = family_of(model)
         device = next(model.parameters()).device
         x = dataset.x.float().to(device) / 255.0
         y = dataset.y.to(device)
         labels = y if model.num_classes else None
-        mean = lambda z, lab: model.decoder.mean(model.decode(z, lab)).cpu().numpy()  # noqa: E731
+        mean = lambda z, lab: family.decode(model, z, lab).cpu().numpy()  # noqa: E731
+        encode = lambda x, lab: family.encode(model, x, lab)  # noqa: E731  (the VAE: posterior means)
 
         # Reconstructions: rows alternate originals and reconstructions from the posterior mean.
         n = min(16, len(x))
-        recon = mean(model.encode(x[:n], None if labels is None else labels[:n]).mu, None if labels is None else labels[:n])
+        recon = mean(encode(x[:n], None if labels is None else labels[:n]), None if labels is None else labels[:n])
         pairs = np.stack([x[:n].cpu().numpy(), recon], 1).reshape(2 * n, *recon.shape[1:])  # (n, 2, C, H, W) → (2n, …)
         paths = [out_dir / "reconstructions.png", out_dir / "interpolation.png", out_dir / "latent_pca.png"]
         plots.image_grid(np.concatenate([pairs[0::2][:8], pairs[1::2][:8], pairs[0::2][8:], pairs[1::2][8:]]),
@@ -49,7 +52,7 @@ class ImageTask(ModalityTask):
         starts = [int(i) for i in idx[:32]]
         ends = [int(j) for j in idx[32:]]
         for a, b in list(zip(starts, ends))[:6]:
-            mu = model.encode(x[[a, b]], None if labels is None else labels[[a, b]]).mu  # (2, D)
+            mu = encode(x[[a, b]], None if labels is None else labels[[a, b]])  # (2, D)
             t = torch.linspace(0, 1, steps, device=device)[:, None]
             path = (1 - t) * mu[0] + t * mu[1]  # (steps, D)
             lab = None if labels is None else torch.where(t[:, 0] < 0.5, labels[a], labels[b])
@@ -57,7 +60,7 @@ class ImageTask(ModalityTask):
         plots.image_grid(np.concatenate(rows), paths[1], nrow=steps, title="latent interpolation between test images")
 
         # Latent scatter of posterior means over the test set.
-        mus = torch.cat([model.encode(x[i : i + 1024], None if labels is None else labels[i : i + 1024]).mu
+        mus = torch.cat([encode(x[i : i + 1024], None if labels is None else labels[i : i + 1024])
                          for i in range(0, len(x), 1024)])
         plots.latent_scatter(mus.cpu().numpy(), y.cpu().numpy(), paths[2], class_names=spec.get("class_names", ()))
         return paths

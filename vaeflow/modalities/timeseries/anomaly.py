@@ -3,7 +3,7 @@
 The CSV holds one row per time step and one column per channel of the training data (a header
 row is optional). It is scaled with the scaler fitted at prepare time, cut into the model's
 windows, and each window gets two scores (higher = more anomalous): the negative Monte-Carlo
-reconstruction probability and the −ELBO (see ``anomaly_scores``).
+reconstruction probability and the −ELBO, computed by the model's family (its ``anomaly_scores``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaeflow.modalities.timeseries.data import Scaler, SeriesDataError, read_numeric_csv, sliding_windows, windows_to_inputs
 from vaeflow.io import atomic_path
+from vaeflow.modalities.base import ModelInputs
+from vaeflow.modalities.timeseries.data import Scaler, SeriesDataError, read_numeric_csv, sliding_windows, windows_to_inputs
+from vaeflow.models.families import family_of
 
 
 @dataclasses.dataclass
@@ -37,24 +39,23 @@ class AnomalyScores:
 @torch.no_grad()
 def anomaly_scores(model: Any, windows: torch.Tensor, *, labels: torch.Tensor | None = None, k: int = 16,
                    generator: torch.Generator | None = None, batch_size: int = 256) -> AnomalyScores:
-    """Score windows (scaled units, NaN for padding) with a trained time-series VAE.
+    """Score windows (scaled units, NaN for padding) with a trained time-series model, through its
+    family's ``anomaly_scores`` (which must give ``recon_prob`` and ``neg_elbo``).
 
     Shapes:
         windows: (N, T, C); labels: (N,) for a conditional model → each score (N,)
     """
     model.eval()
+    family = family_of(model)
     device = next(model.parameters()).device
-    rp, ne = [], []
+    parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in dataclasses.fields(AnomalyScores)}
     for i in range(0, len(windows), batch_size):
         x, target = windows_to_inputs(windows[i : i + batch_size].to(device).float())
         lab = None if labels is None or not model.num_classes else labels[i : i + batch_size].to(device)
-        q = model.encode(x, lab)
-        z = q.rsample(generator, k=k)  # (k, n, D)
-        log_px = model.decoder.log_prob(model.decode(z, lab), target)  # (k, n)
-        recon = -log_px.mean(0)
-        rp.append(recon.cpu())
-        ne.append((recon + q.kl_standard_normal().sum(-1)).cpu())
-    return AnomalyScores(torch.cat(rp).numpy(), torch.cat(ne).numpy())
+        scores = family.anomaly_scores(model, ModelInputs(x=x, target=target, labels=lab), k=k, generator=generator)
+        for name, part in parts.items():
+            part.append(scores[name].cpu())
+    return AnomalyScores(**{name: torch.cat(part).numpy() for name, part in parts.items()})
 
 
 

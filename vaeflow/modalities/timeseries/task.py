@@ -13,6 +13,7 @@ from vaeflow import plots
 from vaeflow.modalities.base import ModalityTask
 from vaeflow.modalities.timeseries import metrics as tsm
 from vaeflow.modalities.timeseries.data import Scaler, WindowDataset
+from vaeflow.models.families import family_of
 
 
 def embedding_figure(real: np.ndarray, fake: np.ndarray, path: str | Path, *, seed: int = 0, n: int = 500) -> None:
@@ -47,7 +48,8 @@ class TimeSeriesTask(ModalityTask):
         scaler = Scaler.from_dict(spec["scaler"])
         n = config.sample.n
         labels = torch.arange(n, device=generator.device) % model.num_classes if model.num_classes else None
-        scaled = model.sample(n, generator=generator, labels=labels, temperature=config.sample.temperature).float().cpu().numpy()
+        scaled = family_of(model).sample(model, n, generator=generator, labels=labels,
+                                         temperature=config.sample.temperature).float().cpu().numpy()
         real = scaler.inverse(scaled)  # (n, T, C) in the data's own units
         names = spec["channel_names"]
         np.savez_compressed(out_dir / "samples.npz", samples=real.astype(np.float32), scaled=scaled.astype(np.float32),
@@ -68,10 +70,11 @@ class TimeSeriesTask(ModalityTask):
             returns (N, T, C) in scaled units.
         """
         labels = dataset.y.to(generator.device) if model.num_classes else None
+        family = family_of(model)
         out = []
         for i in range(0, len(dataset), 1024):
             lab = None if labels is None else labels[i : i + 1024]
-            out.append(model.sample(min(1024, len(dataset) - i), generator=generator, labels=lab).float().cpu())
+            out.append(family.sample(model, min(1024, len(dataset) - i), generator=generator, labels=lab).float().cpu())
         return torch.cat(out).numpy()
 
     @torch.no_grad()
@@ -90,7 +93,7 @@ class TimeSeriesTask(ModalityTask):
         device = next(model.parameters()).device
         x = torch.nan_to_num(dataset.x[:4]).to(device)
         lab = dataset.y[:4].to(device) if model.num_classes else None
-        recon = model.decoder.mean(model.decode(model.encode(x, lab).mu, lab)).cpu().numpy()
+        recon = family_of(model).reconstruct(model, x, lab).cpu().numpy()
         plots.series_panels({"test": scaler.inverse(x.cpu().numpy()), "reconstruction": scaler.inverse(recon)},
                             spec["channel_names"], paths[3], title="test windows and reconstructions from the posterior mean")
         return paths
