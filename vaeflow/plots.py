@@ -68,13 +68,17 @@ def latent_scatter(z: np.ndarray, labels: np.ndarray, path: str | Path, *, class
 
 
 def training_curves(history: Sequence[dict[str, float]], path: str | Path) -> None:
-    """Train vs validation loss, −ELBO, reconstruction and KL per epoch."""
+    """Train vs validation curves per epoch of every metric the rows hold as ``train_<m>`` and
+    ``val_<m>`` (a VAE: loss, −ELBO, reconstruction and KL, in that order)."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    for ax, key in zip(axes, ("loss", "neg_elbo", "recon", "kl")):
+    titles = {"loss": "loss (β-weighted)", "neg_elbo": "−ELBO (nats)", "recon": "−log p(x|z)", "kl": "KL(q‖p)"}
+    logged = [k[len("train_"):] for k in history[0] if k.startswith("train_") and f"val_{k[len('train_'):]}" in history[0]]
+    keys = [k for k in titles if k in logged] + [k for k in logged if k not in titles]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.75 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         for split, style in (("train", "-o"), ("val", "--s")):
             ax.plot(epochs, [row[f"{split}_{key}"] for row in history], style, ms=3, label=split)
-        ax.set_title({"loss": "loss (β-weighted)", "neg_elbo": "−ELBO (nats)", "recon": "−log p(x|z)", "kl": "KL(q‖p)"}[key])
+        ax.set_title(titles.get(key, key))
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     _save(fig, path)
