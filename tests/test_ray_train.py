@@ -11,6 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from vaeflow import stages, tracking
+from vaeflow.config import ConfigError
+from vaeflow.serving import PREDICT_PARAMS
 from vaeflow.training import checkpoint
 from vaeflow.training.ray import SCORE, fit
 from tests.conftest import tiny_config
@@ -45,7 +47,12 @@ def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
 
     # The registered model answers encode / reconstruct / sample, rebuilt from config + state dict.
     model = mlflow.pyfunc.load_model(f"models:/{config.tracking.registered_model}@{config.tracking.alias}")
-    assert model.metadata.signature is not None
+    # The logged signature is the served contract: image tensors in, latent codes out, the predict params.
+    signature = model.metadata.signature.to_dict()
+    assert json.loads(signature["inputs"]) == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 1, 28, 28]}}]
+    assert json.loads(signature["outputs"]) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, config.model.latent_dim]}}]
+    assert {p["name"]: p["default"] for p in json.loads(signature["params"])} == PREDICT_PARAMS
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     assert model.predict(x).shape == (3, config.model.latent_dim)
     assert model.predict(x, params={"mode": "reconstruct"}).shape == (3, 1, 28, 28)
@@ -56,7 +63,7 @@ def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
 
     # The stage's model file loads with weights_only and matches the best epoch.
     best = checkpoint.load(paths.model / "model.pt")
-    assert best["epoch"] == metrics["best_epoch"] and "optimizer" not in best
+    assert best["epoch"] == metrics["best_epoch"] and not {"optimizers", "schedulers"} & set(best)
 
     # sample and evaluate log into the same run.
     stages.sample(config, paths)
@@ -91,7 +98,7 @@ def test_resume_continues_from_the_latest_checkpoint(project, ray_cluster):
     assert _steps(client, run_id) == [1, 2, 3]  # continuous: no duplicate, no gap
     # keep_checkpoints = 2 ranks by validation −ELBO, but the latest is always kept for resume.
     state = checkpoint.load(resumed.latest)
-    assert state["epoch"] == 3 and set(state) >= {"model", "optimizer", "config", "history", "mlflow_run_id"}
+    assert state["epoch"] == 3 and set(state) >= {"model", "optimizers", "schedulers", "config", "history", "mlflow_run_id"}
     best = checkpoint.load(resumed.best)
     assert best["history"][-1][SCORE] == min(row[SCORE] for row in resumed.history[: best["epoch"]])
     model, _, _ = checkpoint.load_model(resumed.latest)
@@ -117,3 +124,67 @@ def test_a_class_conditional_model_is_logged_and_served_with_a_label(tmp_path):
     for label in (0, 7):
         expected = model.eval().encode(x, torch.full((3,), label)).mu.detach().numpy()
         np.testing.assert_allclose(served.predict(example, params={"label": label}), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_split_smaller_than_one_batch_per_worker_stops_before_training(project):
+    """512 training examples cannot fill a batch of 2048 / 2 workers: no step would train, yet the job
+    used to report −ELBO 0.00, exit 0 and register the model. Now one line, before any run starts."""
+    config = tiny_config(project, "train.batch_size=2048")
+    paths = stages.Paths.for_modality("image", project)
+    with pytest.raises(ConfigError, match=r"512 examples, fewer than one batch per worker .*1024 each.*lower train.batch_size"):
+        stages.train(config, paths, progress=False)
+    assert not paths.model.exists()
+    exp = tracking.client(config.tracking).get_experiment_by_name(config.tracking.experiment)
+    assert exp is None or not tracking.client(config.tracking).search_runs([exp.experiment_id])
+
+
+def _saved_model(tmp_path):
+    from vaeflow.models.families import build_model
+
+    config = tiny_config(tmp_path)
+    spec = {"channels": 1, "height": 28, "width": 28, "num_classes": 10}
+    model = build_model(config.model, spec)
+    path = tmp_path / "models" / "image" / "model.pt"
+    path.parent.mkdir(parents=True)
+    checkpoint.save(path, model=model.state_dict(), config=config.to_dict(), input_spec=spec, epoch=1)
+    return config, path
+
+
+DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_load_model_puts_the_model_on_the_requested_device(tmp_path, device):
+    """sample/evaluate draw on ``stages._device`` (cuda under train.use_gpu): the model must be there
+    too. ``meta`` is a device every machine has, so the CPU suite checks that the argument is honoured."""
+    _, path = _saved_model(tmp_path)
+    model, _, _ = checkpoint.load_model(path, torch.device(device))
+    assert {p.device.type for p in model.parameters()} == {device}
+    assert not model.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (defect 1 end to end)")
+def test_sample_and_evaluate_run_on_the_gpu_under_use_gpu(project):
+    """Under train.use_gpu the stages draw on cuda: the model must be loaded there too."""
+    config = tiny_config(project, "train.use_gpu=true")
+    paths = stages.Paths.for_modality("image", project)
+    _, model_file = _saved_model(project)
+    run_id = tracking.start_run(config, {}, run_name="gpu")
+    example = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    version = stages._log_model(config, run_id, model_file, example, {})
+    (paths.model / "run.json").write_text(json.dumps(
+        {"mlflow_run_id": run_id, "registered_model": config.tracking.registered_model, "model_version": version}))
+    model, _ = stages._load_trained(paths, config)
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    assert stages.sample(config, paths)["n_samples"] == config.sample.n
+    ev = stages.evaluate(config, paths, progress=False)
+    assert np.isfinite(ev["test_nll_iwae"]) and np.isfinite(ev["test_neg_elbo"])
+
+
+@pytest.mark.parametrize("modality", ["image", "timeseries", "molecule"])
+def test_a_missing_model_names_the_train_stage_of_its_modality(tmp_path, modality):
+    """``vaeflow anomaly`` / ``optimize`` without a model used to be told to run train@image."""
+    with pytest.raises(FileNotFoundError, match=rf"dvc repro train@{modality}\b"):
+        checkpoint.load_model(tmp_path / "models" / modality / "model.pt")
+    with pytest.raises(FileNotFoundError, match=rf"train@{modality}\b"):
+        checkpoint.load(tmp_path / "elsewhere.pt", modality=modality)
