@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,12 @@ def _run(args: list[str], cwd, timeout: int = 600) -> str:
     return proc.stdout + proc.stderr
 
 
+def _modalities() -> list[str]:
+    """The modalities dvc.yaml's stages run over (its ``modalities`` var)."""
+    (variables,) = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"]
+    return list(variables["modalities"])
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A copy of the project's tracked files as a fresh git repository, set to the tiny preset."""
@@ -36,12 +43,12 @@ def repo(tmp_path_factory):
     for name in files:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    # Every modality of the pipeline on its tiny preset (the module under test, not an installed copy).
-    modalities = yaml.safe_load((dest / "params.yaml").read_text())["modalities"]
-    for modality in modalities:
+    # Every modality of the pipeline on its tiny preset (the module under test, not an installed copy),
+    # written into params.yaml the way the docs tell users to switch presets.
+    for modality in _modalities():
         _run([sys.executable, "-m", "vaeflow.cli", "params", "--modality", modality,
               "--preset", f"configs/{modality}/tiny.yaml"], dest)
-    assert yaml.safe_load((dest / "params.yaml").read_text())["train"]["image"]["epochs"] == 1
+    assert yaml.safe_load((dest / "params.yaml").read_text())["image"]["train"]["epochs"] == 1
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)
     _run(["git", "commit", "-qm", "init"], dest)
@@ -77,45 +84,46 @@ def test_repro_then_noop_then_experiment(repo):
     assert plots.returncode == 0 and "val_neg_elbo" in plots.stdout
 
     # A parameter change through DVC experiments reruns train and what follows it, not prepare.
-    exp = _run(["dvc", "exp", "run", "-S", "train.image.epochs=2", "evaluate@image"], repo, timeout=900)
+    exp = _run(["dvc", "exp", "run", "-S", "image.train.epochs=2", "evaluate@image"], repo, timeout=900)
     assert "Running stage 'train@image'" in exp and "Running stage 'prepare@image'" not in exp
     assert json.loads((repo / "metrics/image/train.json").read_text())["epochs"] == 2
 
 
-def _params_of(stage: dict) -> tuple[list[str], list[str]]:
-    """A foreach stage's params.yaml keys (``data.${key}`` → ``data``) and preset-file sections."""
-    keys, sections = [], []
-    for entry in stage["do"].get("params", []):
-        if isinstance(entry, str):
-            keys.append(entry)
-        else:
-            (value,) = entry.values()  # ${item.preset}: [sections]
-            sections += value
-    return keys, sections
-
-
 @pytest.mark.parametrize("preset", ["tiny", "quick", "full"])
-def test_every_stage_finds_its_params_in_params_yaml_and_every_preset(preset):
-    """What `dvc repro` checks only when it reaches a stage: every params key a stage declares exists."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for modality in params["modalities"]:
-        config = yaml.safe_load((ROOT / f"configs/{modality}/{preset}.yaml").read_text())
-        for name, stage in stages.items():
-            keys, sections = _params_of(stage)
-            for key in keys:
-                node = params
-                for part in key.replace("${key}", modality).split("."):
-                    assert isinstance(node, dict) and part in node, f"params.yaml lacks {key} for {name}@{modality}"
-                    node = node[part]
-            missing = [section for section in sections if section not in config]
-            assert not missing, f"configs/{modality}/{preset}.yaml lacks {missing}, which {name}@{modality} tracks"
+def test_every_stage_finds_its_deps_and_params_after_switching_presets(preset, tmp_path):
+    """What `dvc repro` checks only when it reaches a stage: every params key a stage declares exists in
+    params.yaml (also once `vaeflow params` has written another preset), every code dependency exists,
+    and no stage tracks a preset file (params.yaml is the one source)."""
+    from dvc.repo import Repo
+
+    from vaeflow import cli
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    for modality in _modalities():
+        assert cli.main(["params", "--modality", modality, "--preset", str(ROOT / f"configs/{modality}/{preset}.yaml"),
+                         "--params", str(params)]) == 0
+    values = yaml.safe_load(params.read_text())
+    with contextlib.chdir(ROOT), Repo(str(ROOT)) as repo:  # DVC resolves paths from the working directory
+        stages = list(repo.index.stages)
+        outs = {str(out.def_path) for stage in stages for out in stage.outs}
+        for stage in stages:
+            for dep in stage.deps:
+                path = str(dep.def_path)
+                if path == "params.yaml":
+                    for key in dep.params:
+                        node = values
+                        for part in key.split("."):
+                            assert isinstance(node, dict) and part in node, f"params.yaml lacks {key} for {stage.addressing}"
+                            node = node[part]
+                else:
+                    assert not path.startswith("configs/"), f"{stage.addressing} tracks the preset {path}"
+                    assert path in outs or (ROOT / path).exists(), f"{stage.addressing} depends on missing {path}"
 
 
 @pytest.mark.slow
 def test_whole_pipeline_every_modality_then_noop(repo):
     """`dvc repro` of every modality (about 4 minutes on 2 cores), then a second one that runs nothing."""
-    modalities = yaml.safe_load((repo / "params.yaml").read_text())["modalities"]
-    _assert_runs_every_stage(_run(["dvc", "repro"], repo, timeout=1800), [m for m in modalities if m != "image"])
+    _assert_runs_every_stage(_run(["dvc", "repro"], repo, timeout=1800), [m for m in _modalities() if m != "image"])
     assert "Running stage" not in _run(["dvc", "repro"], repo)
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)

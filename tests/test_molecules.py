@@ -14,6 +14,7 @@ from rdkit import Chem
 from vaeflow import config as cfg
 from vaeflow import stages, tracking
 from vaeflow.config import ModelConfig, ModuleSpec
+from vaeflow.modalities.molecule.config import MoleculeDataConfig
 from vaeflow.modalities.molecule import data as mol
 from vaeflow.models.vae import build_model
 from vaeflow.modalities.molecule import task as ops
@@ -71,7 +72,7 @@ def test_prepare_writes_rejects_and_counts(tmp_path, monkeypatch):
     bad.write_text("smiles\n" + "\n".join(good + ["", "not-a-smiles", "CCS", "CCCCCCCCCC", "CC.O"]) + "\n")
     source = mol.MoleculeSource(elements=("C", "N", "O", "F"), max_atoms=9, official={"train": lambda: bad}, test_fraction=0.2)
     monkeypatch.setitem(mol.DATASETS, "crafted", source)
-    counts = mol.MoleculeData().prepare(cfg.DataConfig(dataset="crafted", val_size=4), 0, tmp_path / "out", progress=False)
+    counts = mol.MoleculeData().prepare(MoleculeDataConfig(dataset="crafted", val_size=4), 0, tmp_path / "out", progress=False)
     with open(tmp_path / "out/rejects.csv") as f:
         rows = list(csv.DictReader(f))
     assert counts["rejected"] == len(rows) == 5
@@ -87,7 +88,7 @@ def test_prepare_in_ray_tasks_equals_one_process(tmp_path, monkeypatch, ray_clus
     src.write_text("SMILES\n" + "\n".join(["CCO", "c1ccccc1", "CC(=O)O", "", "C1CC", "CCN", "OCCO", "CCCl"] * 6) + "\n")
     monkeypatch.setitem(mol.DATASETS, "crafted", mol.MoleculeSource(
         elements=MOSES_ELEMENTS, max_atoms=9, official={"train": lambda: src}, test_fraction=0.25))
-    data = cfg.DataConfig(dataset="crafted", val_size=4)
+    data = MoleculeDataConfig(dataset="crafted", val_size=4)
     a = mol.MoleculeData().prepare(data, 0, tmp_path / "ray", progress=False, chunk_size=5)
     b = mol.MoleculeData().prepare(data, 0, tmp_path / "one", progress=False, chunk_size=1000)
     assert a == b and a["rejected_empty"] == a["rejected_unparsable"] == 6
@@ -335,7 +336,7 @@ def test_molecule_pipeline_two_workers_one_run(mol_project, ray_cluster):
 
 def test_qm9_prepares_through_the_verified_download_path(tmp_path):
     """QM9 is fetched and sha256-verified like the images (from $VAEFLOW_DATA_MIRROR in CI)."""
-    data = cfg.DataConfig(dataset="qm9", val_size=16, limit_train=64, limit_test=16)
+    data = MoleculeDataConfig(dataset="qm9", val_size=16, limit_train=64, limit_test=16)
     counts = mol.MoleculeData().prepare(data, 0, tmp_path / "qm9", progress=False)
     assert counts["n_train"] + counts["n_val"] + counts["n_test"] + counts["rejected"] == 64 + 16 + 16
     spec = json.loads((tmp_path / "qm9/spec.json").read_text())

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from vaeflow import cli, stages, tracking
 from vaeflow import config as cfg
-from vaeflow.config import DataConfig, ModelConfig, ModuleSpec
+from vaeflow.config import ModelConfig, ModuleSpec
+from vaeflow.modalities.timeseries.config import TimeSeriesDataConfig as DataConfig
 from vaeflow.modalities.timeseries.data import (RawSeries, Scaler, SeriesDataError, TimeSeriesData, WindowDataset,
                                      build_splits, read_numeric_csv, sliding_windows)
 from vaeflow.modalities.timeseries import anomaly

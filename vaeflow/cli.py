@@ -1,8 +1,8 @@
 """The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config,params,submit,anomaly,interpolate,optimize} …``.
 
-Configuration comes from a preset (``--preset``, or the one params.yaml names for the modality
-under ``modalities.<modality>.preset``), then params.yaml's ``<section>.<modality>`` entries, then
-``--set section.key=value`` overrides. User mistakes end in one line on stderr and exit code 2.
+Configuration comes from params.yaml's section for ``--modality`` (what DVC tracks), or from the
+preset file ``--preset`` instead, then ``--set section.key=value`` overrides (docs/configuration.md).
+User mistakes end in one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         "sample": "draw samples from the trained model's prior into samples/<modality>/",
         "evaluate": "test −ELBO, IWAE NLL and figures into metrics/ and plots/",
         "config": "print the resolved configuration as YAML and exit",
-        "params": "write a preset's values into params.yaml for one modality (e.g. to switch to the full preset)",
+        "params": "write a preset's values (+ --set) into params.yaml's section for one modality (e.g. to switch to the full preset)",
     }
     s = sub.add_parser(
         "submit",
@@ -41,25 +41,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default: .)")
     s.add_argument("--no-wait", action="store_true", help="return after submitting")
     s.add_argument("job", nargs=argparse.REMAINDER, help="the vaeflow command to run, after --")
-    for name, text in helps.items():
-        s = sub.add_parser(name, help=text, description=text)
-        s.add_argument("--modality", default="image", help="modality to run (default: image)")
-        s.add_argument("--preset", type=Path, help="preset YAML (default: the one params.yaml names)")
+    def config_args(s: argparse.ArgumentParser, modality: str) -> None:
+        s.add_argument("--modality", default=modality, help=f"modality (default: {modality})")
+        s.add_argument("--preset", type=Path, help="preset YAML to use instead of params.yaml's section")
         s.add_argument("--params", type=Path, default=Path("params.yaml"),
-                       help="params.yaml with per-stage overrides (default: ./params.yaml; skipped if absent)")
+                       help="params.yaml holding one section per modality (default: ./params.yaml)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set train.epochs=3 (repeatable)")
+
+    for name, text in helps.items():
+        s = sub.add_parser(name, help=text, description=text)
+        config_args(s, "image")
         s.add_argument("--root", type=Path, default=Path("."), help="project folder holding data/, models/ … (default: .)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
     text = "score each window of your own CSV (rows = time steps) with the trained time-series model"
     s = sub.add_parser("anomaly", help=text, description=text)
     s.add_argument("input", type=Path, help="CSV with one column per channel of the training data (header optional)")
-    s.add_argument("--modality", default="timeseries", help="modality whose trained model scores (default: timeseries)")
+    # The current config (params.yaml's section, or --preset, + --set) gives evaluate.anomaly_k.
+    config_args(s, "timeseries")
     s.add_argument("--root", type=Path, default=Path("."), help="project folder holding models/ (default: .)")
     s.add_argument("--model", type=Path, help="model file (default: <root>/models/<modality>/model.pt)")
     s.add_argument("--output", type=Path, help="scores CSV to write (default: <input>.scores.csv)")
     s.add_argument("--stride", type=int, default=1, help="steps between window starts (default: 1)")
-    s.add_argument("--k", type=int, help="Monte-Carlo samples of z per window (default: the model's evaluate.anomaly_k)")
+    s.add_argument("--k", type=int, help="Monte-Carlo samples of z per window (default: evaluate.anomaly_k of the current config)")
     s.add_argument("--label", type=int, help="class label, for a conditional model")
     s.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo samples (default: 0)")
     latent = {
@@ -102,44 +106,41 @@ def latent_command(args: argparse.Namespace) -> Any:
 
 
 def resolve_config(args: argparse.Namespace) -> cfg.ExperimentConfig:
-    params = args.params if args.params and args.params.is_file() else None
-    preset = args.preset
-    if preset is None:
-        if params is None:
-            raise cfg.ConfigError(f"no --preset given and {args.params} not found; pass --preset configs/{args.modality}/quick.yaml")
-        named = (cfg.read_yaml(params).get("modalities") or {}).get(args.modality, {}).get("preset")
-        if not named:
-            raise cfg.ConfigError(f"{params} names no preset under modalities.{args.modality}.preset; pass --preset")
-        preset = Path(named)
-    config = cfg.load(preset, params=params, overrides=args.overrides)
-    if config.modality != args.modality:
-        raise cfg.ConfigError(f"preset {preset} is for modality {config.modality!r}, not {args.modality!r}; pass --modality {config.modality}")
-    return config
+    """``--preset`` if given (instead of params.yaml), else params.yaml's ``--modality`` section; then ``--set``."""
+    if args.preset is not None:
+        named = cfg.read_yaml(args.preset).get("modality")
+        if named != args.modality:
+            raise cfg.ConfigError(f"preset {args.preset} is for modality {named!r}, not {args.modality!r}; "
+                                  f"pass --modality {named}")
+        return cfg.load(args.preset, overrides=args.overrides)
+    if not args.params.is_file():
+        raise cfg.ConfigError(f"{args.params} not found; pass --preset configs/{args.modality}/quick.yaml, or write it with "
+                              f"vaeflow params --modality {args.modality} --preset configs/{args.modality}/quick.yaml")
+    return cfg.load_params(args.params, args.modality, overrides=args.overrides)
 
 
 PARAMS_HEADER = """\
-# The default pipeline's configuration, one entry per modality under each key: DVC tracks these
-# values, and `dvc exp run -S train.image.epochs=3` changes one. Each modality starts from the
-# preset named under `modalities`; rewrite a modality's entries from another preset with
+# The pipeline's configuration, the one source DVC tracks: one section per modality, each a whole
+# config (every key is read by that modality's stages). Change one value for one run with
+#   dvc exp run -S image.train.epochs=3
+# and rewrite a modality's section from a preset (a template in configs/) with
 #   vaeflow params --modality image --preset configs/image/full.yaml
+# See docs/configuration.md.
 """
 
 
 def write_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Set ``modalities.<m>.preset`` and every ``<key>.<m>`` entry of params.yaml from a preset."""
+    """Write the preset's resolved config (+ ``--set``) as params.yaml's section for its modality."""
     import yaml
 
     from vaeflow.io import write_text
 
     if args.preset is None:
         raise cfg.ConfigError("vaeflow params needs --preset, e.g. --preset configs/image/full.yaml")
-    config = cfg.load(args.preset, overrides=args.overrides)
-    if config.modality != args.modality:
-        raise cfg.ConfigError(f"preset {args.preset} is for modality {config.modality!r}, not {args.modality!r}")
+    config = resolve_config(args)  # the whole preset validated, as every stage would
     params = cfg.read_yaml(args.params) if args.params.is_file() else {}
-    params.setdefault("modalities", {})[config.modality] = {"preset": args.preset.as_posix()}
-    for key, value in cfg.params_sections(config).items():
-        params.setdefault(key, {}).update(value)
+    params[config.modality] = cfg.params_entry(config)
+    cfg.params_section(params, config.modality, args.params)  # the other sections are still well-formed
     write_text(args.params, PARAMS_HEADER + yaml.safe_dump(params, sort_keys=False))
     return {"params": str(args.params), "modality": config.modality, "preset": args.preset.as_posix()}
 
@@ -193,9 +194,16 @@ def run(args: argparse.Namespace) -> Any:
 
         if args.stride < 1 or (args.k is not None and args.k < 1):
             raise cfg.ConfigError("--stride and --k must be ≥ 1")
+        # k is a scoring setting: from the current config (or --k), never the one the model was trained under.
+        if args.k is None:
+            current = resolve_config(args)
+            if not hasattr(current.evaluate, "anomaly_k"):
+                raise cfg.ConfigError(f"anomaly scores time-series models; modality {current.modality} has no "
+                                      "evaluate.anomaly_k (pass --modality timeseries, or --k)")
+        k = args.k if args.k is not None else current.evaluate.anomaly_k
         model, config, _ = checkpoint.load_model(args.model or args.root / "models" / args.modality / "model.pt")
         output = args.output or args.input.with_name(args.input.name + ".scores.csv")
-        return score_csv(model, config, args.input, output, k=args.k, stride=args.stride, label=args.label, seed=args.seed)
+        return score_csv(model, config, args.input, output, k=k, stride=args.stride, label=args.label, seed=args.seed)
     if args.command in ("interpolate", "optimize"):
         return latent_command(args)
     config = resolve_config(args)

@@ -1,10 +1,13 @@
-"""Typed, frozen configuration: preset YAML < params.yaml section < ``--set`` overrides.
+"""Typed, frozen configuration: params.yaml's section for the modality (or a preset instead), then ``--set``.
 
-Every job is described by one :class:`ExperimentConfig`. It is built from a preset in
-``configs/`` (a complete configuration), then the per-modality sections of ``params.yaml``
-(``train.image``, ``model.image`` … — what DVC tracks), then ``--set key=value`` overrides.
-Unknown keys and wrong types raise :class:`ConfigError` before any work starts, with a
-message that names the key and what is allowed.
+Every job is described by one :class:`ExperimentConfig`: the shared sections defined here (seed,
+model, loss, train, tracking) plus the modality's own data, sample and evaluate sections, whose
+types each modality declares in ``vaeflow/modalities/<m>/config.py`` and registers on its
+``Modality`` (looked up through ``registry``: this module imports no modality). Its values come
+from one source, ``params.yaml``'s section for the modality (what DVC tracks), or from a preset in
+``configs/`` given instead, then ``--set key=value`` overrides. Unknown keys (including another
+modality's), wrong types and bad values raise :class:`ConfigError` before any work starts, with a
+message that names the key and what is allowed. See docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -22,9 +25,6 @@ from typing import Any, Literal
 import yaml
 
 from vaeflow import registry
-
-SECTIONS = ("data", "model", "loss", "train", "sample", "evaluate", "tracking")
-
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads ``1e-4`` as a float, as YAML 1.2 does (PyYAML's 1.1 rules need ``1.0e-4``)."""
@@ -53,42 +53,60 @@ class ModuleSpec:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok`` (for the sections' own checks)."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def require_positive(section: str, **values: int) -> None:
+    """Every value is ≥ 1 (counts, sizes, steps)."""
+    for key, value in values.items():
+        require(value >= 1, f"{section}.{key} must be ≥ 1, got {value}")
+
+
+# --- the modality sections' common parts ------------------------------------------------------------
+# Each modality declares its own data, sample and evaluate types in vaeflow/modalities/<m>/config.py
+# (subclasses of these), and registers them on its Modality; ExperimentConfig takes the modality's.
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "fashion-mnist"
-    # Held out from the official training split, chosen with the job seed, for keep-best and warm-up.
-    val_size: int = 5000
-    # Seeded subsets for quick and tiny runs; None keeps the whole split.
-    limit_train: int | None = None
-    limit_test: int | None = None
-    # Dynamic binarisation of pixels (the standard protocol for Bernoulli likelihoods).
-    binarize: bool = True
-    # --- time series (read by the timeseries modality only) ---
-    # Sliding-window length and step in time steps (24 as in TimeGAN, Yoon et al. 2019); a null
-    # window keeps each series whole (UCR/UEA sets), padding shorter ones to the longest.
-    window: int | None = 24
-    stride: int = 1
-    # Fractions of a long series' time span held out at its end, in time order (train | val | test),
-    # so no window crosses a split. Sets of separate series (UCR/UEA) keep the official test split
-    # and hold out val_fraction of their training series, chosen with the job seed.
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    # How a long series is split: "time" (the spans above, scaler fitted on the train span) or
-    # "shuffled", the TimeGAN/TimeVAE papers' protocol: the whole series scaled together, cut into
-    # windows, and the windows shuffled (with the seed) before the fractions are taken. Overlapping
-    # windows then share time steps across splits, so validation and test scores are optimistic;
-    # use it to compare with published numbers, not to estimate how a model does on the future.
-    split: Literal["time", "shuffled"] = "time"
-    # Per-channel scaling fitted on the training split only: minmax to [0, 1] (TimeGAN) or standard.
-    scaling: Literal["minmax", "standard"] = "minmax"
-    # NaN/inf values: impute (carry the last finite value forward, the first one backward), drop
-    # (the time steps that hold one), reject (stop with an error). Counts go to prepare.json.
-    missing: Literal["impute", "drop", "reject"] = "impute"
-    # Channels constant over the training split: drop them, keep them (scaled to 0), or reject.
-    constant_channels: Literal["drop", "keep", "reject"] = "drop"
-    # Series shorter than a window: drop them, pad them (padding is masked out of the likelihood),
-    # or reject. With a null window, unequal lengths are padded unless this is reject.
-    short_series: Literal["drop", "pad", "reject"] = "pad"
+    """What every modality's data section has: the registered data set it prepares."""
+
+    dataset: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """What every modality's sample section has (read by its task's ``write_samples``)."""
+
+    n: int = 64
+    # Scales the prior's standard deviation; 1.0 samples the model's own prior.
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_positive("sample", n=self.n)
+        require(self.temperature > 0, f"sample.temperature must be > 0, got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """What every modality's evaluate section has (read by ``stages.evaluate``)."""
+
+    # Importance samples for the IWAE bound on test NLL (Burda et al. 2016).
+    iwae_k: int = 1000
+    # Test examples the IWAE NLL is computed on; None uses the whole test split.
+    iwae_examples: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        require_positive("evaluate", iwae_k=self.iwae_k, batch_size=self.batch_size)
+        if self.iwae_examples is not None:
+            require_positive("evaluate", iwae_examples=self.iwae_examples)
+
+
+# --- the shared sections ------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +128,10 @@ class LossConfig:
     warmup_epochs: int = 0
     # Free bits in nats per latent dimension (Kingma et al. 2016); 0 disables it.
     free_bits: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.beta >= 0 and self.free_bits >= 0, "loss.beta and loss.free_bits must be ≥ 0")
+        require(self.warmup_epochs >= 0, f"loss.warmup_epochs must be ≥ 0 (0: no warm-up), got {self.warmup_epochs}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,30 +158,16 @@ class TrainConfig:
     # Worker-group restarts Ray Train attempts before the job fails.
     max_failures: int = 0
 
-
-@dataclasses.dataclass(frozen=True)
-class SampleConfig:
-    n: int = 64
-    # Scales the prior's standard deviation; 1.0 samples the model's own prior.
-    temperature: float = 1.0
-    # Property targets for a property-conditional model (molecules: e.g. {logP: 3.0, QED: 0.8}, in
-    # real units); properties left out are drawn with the rest of a random training molecule's row.
-    properties: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    # Importance samples for the IWAE bound on test NLL (Burda et al. 2016).
-    iwae_k: int = 1000
-    # Test examples the IWAE NLL is computed on; None uses the whole test split.
-    iwae_examples: int | None = None
-    batch_size: int = 256
-    # Post-hoc scores of generated data (time series: the TimeGAN discriminative and predictive
-    # scores): seeds averaged over, and optimiser steps of each post-hoc GRU (TimeGAN: 2000).
-    posthoc_seeds: int = 3
-    posthoc_steps: int = 2000
-    # Monte-Carlo samples of z per window for anomaly scores (reconstruction probability).
-    anomaly_k: int = 16
+    def __post_init__(self) -> None:
+        require_positive("train", epochs=self.epochs, batch_size=self.batch_size, num_workers=self.num_workers,
+                         cpus_per_worker=self.cpus_per_worker, keep_checkpoints=self.keep_checkpoints)
+        require(self.batch_size % self.num_workers == 0,
+                f"train.batch_size ({self.batch_size}) must be divisible by train.num_workers ({self.num_workers}): "
+                "each worker gets batch_size / num_workers examples")
+        require(self.checkpoint_every_steps >= 0,
+                f"train.checkpoint_every_steps must be ≥ 0 (0: only at epoch ends), got {self.checkpoint_every_steps}")
+        require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        require(self.max_failures >= 0, f"train.max_failures must be ≥ 0, got {self.max_failures}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,16 +182,26 @@ class TrackingConfig:
     alias: str = "candidate"
 
 
-@dataclasses.dataclass(frozen=True)
+# The sections whose type the modality declares (its Modality's data_config, sample_config, evaluate_config).
+MODALITY_SECTIONS = ("data", "sample", "evaluate")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
+    """One job: the shared sections plus the modality's own data, sample and evaluate sections.
+
+    Build it with :func:`from_dict` (or :func:`load`), which takes the section types and their
+    defaults from the modality registered under ``modality``.
+    """
+
     modality: str = "image"
     seed: int = 0
-    data: DataConfig = DataConfig()
+    data: DataConfig
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
-    sample: SampleConfig = SampleConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
+    sample: SampleConfig
+    evaluate: EvaluateConfig
     tracking: TrackingConfig = TrackingConfig()
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,17 +300,35 @@ def _module_spec(value: Any, key: str) -> ModuleSpec:
     return ModuleSpec(name=value["name"], options=options)
 
 
-def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> Any:
-    """Build the frozen dataclass ``cls`` from ``data``; unknown keys and wrong types raise."""
+def modality_sections(modality: Any) -> dict[str, type]:
+    """The data / sample / evaluate section types the modality registered (config → registry only)."""
+    if not isinstance(modality, str):
+        raise ConfigError(f"modality: expected a modality name, got {modality!r}")
+    try:
+        m = registry.MODALITIES.get_or_raise(modality, "modality")
+    except registry.RegistryError as exc:
+        raise ConfigError(str(exc)) from None
+    return {section: getattr(m, f"{section}_config") for section in MODALITY_SECTIONS}
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "", *, modality: str | None = None) -> Any:
+    """Build the frozen dataclass ``cls`` from ``data``; unknown keys and wrong types raise.
+
+    For :class:`ExperimentConfig` the data, sample and evaluate sections take the types (and, where
+    left out, the defaults) of the modality that ``data["modality"]`` names. ``modality`` (set for
+    those sections) names the modality in the unknown-key message.
+    """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    own: dict[str, type] = {}
+    if cls is ExperimentConfig:
+        own = modality_sections(data.get("modality", ExperimentConfig.modality))
+        hints |= own
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        where = prefix.rstrip(".") or "config"
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s} in {where}; allowed keys: {', '.join(fields)}"
-        )
+        where = f"for modality {modality}" if modality else f"in {prefix.rstrip('.') or 'config'}"
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!s} {where}; allowed keys: {', '.join(fields)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}{name}"
@@ -302,9 +338,12 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> An
         elif dataclasses.is_dataclass(tp):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
-            kwargs[name] = from_dict(tp, value, prefix=f"{key}.")
+            section_of = data.get("modality", ExperimentConfig.modality) if name in own else None
+            kwargs[name] = from_dict(tp, value, prefix=f"{key}.", modality=section_of)
         else:
             kwargs[name] = check_type(value, tp, key)
+    for name, tp in own.items():  # a section left out: the modality's defaults
+        kwargs.setdefault(name, tp())
     return cls(**kwargs)
 
 
@@ -347,88 +386,68 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# params.yaml keys, each holding one entry per modality: `seed.image`, `train.image.epochs`, …
-PARAMS_KEYS = ("seed", *SECTIONS)
+def params_section(params: Mapping[str, Any], modality: str, source: str | Path = "params.yaml") -> dict[str, Any]:
+    """Modality ``modality``'s section of params.yaml (``image: {seed: …, data: {…}, …}``) as a config dict."""
+    registry.load_plugins()
+    known = sorted(registry.MODALITIES)
+    stray = sorted(set(params) - set(known))
+    if stray:
+        raise ConfigError(f"{source}: unknown section {stray[0]!r}; it holds one section per modality "
+                          f"({', '.join(known)})")
+    section = params.get(modality)
+    if section is None:
+        raise ConfigError(f"{source} has no {modality} section; write one with "
+                          f"vaeflow params --modality {modality} --preset configs/{modality}/quick.yaml")
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{source}: {modality} must be a mapping of config sections (seed, data, model, …)")
+    if "modality" in section:
+        raise ConfigError(f"{source}: {modality}.modality is implied by the section's name; remove it")
+    return {"modality": modality, **section}
 
 
-def params_overrides(params: Mapping[str, Any], modality: str) -> dict[str, Any]:
-    """The ``<key>.<modality>`` entries of params.yaml, as a config-shaped dict."""
-    out: dict[str, Any] = {}
-    for key in PARAMS_KEYS:
-        section = params.get(key) or {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"params.yaml: {key} must map modality names to values, e.g. {key}: {{image: ...}}")
-        if section.get(modality) is not None:
-            out[key] = section[modality]
-    return out
-
-
-def params_sections(config: ExperimentConfig) -> dict[str, Any]:
-    """The inverse of :func:`params_overrides`: ``{key: {modality: value}}`` for a whole config."""
+def params_entry(config: ExperimentConfig) -> dict[str, Any]:
+    """The inverse of :func:`params_section`: the config as params.yaml's section for its modality."""
     plain = config.to_dict()
-    return {key: {config.modality: plain[key]} for key in PARAMS_KEYS}
+    del plain["modality"]
+    return plain
 
 
-def load(
-    preset: str | Path,
-    *,
-    params: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> ExperimentConfig:
-    """Resolve a job's config: preset, then params.yaml's sections for its modality, then overrides."""
-    data = read_yaml(preset)
-    modality = data.get("modality", ExperimentConfig.modality)
-    if params is not None:
-        data = deep_merge(data, params_overrides(read_yaml(params), modality))
+def resolve(data: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """A config dict, then ``--set`` overrides on top: typed, validated."""
     for text in overrides:
-        data = deep_merge(data, parse_override(text))
+        override = parse_override(text)
+        if "modality" in override:
+            raise ConfigError("modality cannot be set with --set; pass --modality (and a preset of that modality)")
+        data = deep_merge(data, override)
     config = from_dict(ExperimentConfig, data)
     validate(config)
     return config
 
 
+def load(preset: str | Path, *, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """A preset file (a whole config holding ``modality:``), then ``--set`` overrides."""
+    data = read_yaml(preset)
+    if "modality" not in data:
+        raise ConfigError(f"{preset} names no modality; a preset starts with e.g. modality: image")
+    return resolve(data, overrides)
+
+
+def load_params(params: str | Path, modality: str, *, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Modality ``modality``'s section of params.yaml (what DVC tracks), then ``--set`` overrides."""
+    return resolve(params_section(read_yaml(params), modality, params), overrides)
+
+
 def validate(config: ExperimentConfig) -> None:
-    """Cross-field and registry checks that the type system alone cannot express."""
+    """Checks that need the registries (each section checks its own values when it is built)."""
     try:
-        registry.check_name("modality", registry.MODALITIES, config.modality)
-        registry.check_name("data.dataset", registry.DATASETS, config.data.dataset)
+        m = registry.MODALITIES.get_or_raise(config.modality, "modality")
         registry.check_name("model.family", registry.FAMILIES, config.model.family)
         registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type)
         registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type)
     except registry.RegistryError as exc:
         raise ConfigError(str(exc)) from None
-    t = config.train
-    positive = {
-        "train.epochs": t.epochs,
-        "train.batch_size": t.batch_size,
-        "train.num_workers": t.num_workers,
-        "train.cpus_per_worker": t.cpus_per_worker,
-        "train.keep_checkpoints": t.keep_checkpoints,
-        "model.latent_dim": config.model.latent_dim,
-        "evaluate.iwae_k": config.evaluate.iwae_k,
-        "sample.n": config.sample.n,
-        "data.stride": config.data.stride,
-        "evaluate.posthoc_seeds": config.evaluate.posthoc_seeds,
-        "evaluate.posthoc_steps": config.evaluate.posthoc_steps,
-        "evaluate.anomaly_k": config.evaluate.anomaly_k,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be ≥ 1, got {value}")
-    if t.batch_size % t.num_workers:
-        raise ConfigError(
-            f"train.batch_size ({t.batch_size}) must be divisible by train.num_workers ({t.num_workers}): "
-            "each worker gets batch_size / num_workers examples"
-        )
-    if t.checkpoint_every_steps < 0:
-        raise ConfigError(f"train.checkpoint_every_steps must be ≥ 0 (0: only at epoch ends), got {t.checkpoint_every_steps}")
-    d = config.data
-    if d.window is not None and d.window < 2:
-        raise ConfigError(f"data.window must be ≥ 2 time steps (or null for whole series), got {d.window}")
-    if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
-        raise ConfigError(f"data.val_fraction ({d.val_fraction}) and data.test_fraction ({d.test_fraction}) "
-                          "must be in [0, 1) and sum to less than 1")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
-    if config.loss.beta < 0 or config.loss.free_bits < 0:
-        raise ConfigError("loss.beta and loss.free_bits must be ≥ 0")
+    # One DATASETS registry serves every modality: only this modality's kind of source is allowed.
+    own = sorted(name for name, source in registry.DATASETS.items() if isinstance(source, m.dataset_type))
+    require(config.data.dataset in own,
+            f"data.dataset: unknown {config.modality} data set {config.data.dataset!r}; allowed: {', '.join(own)}")
+    require_positive("model", latent_dim=config.model.latent_dim)

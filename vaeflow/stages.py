@@ -243,9 +243,7 @@ def _load_trained(paths: Paths, config: ExperimentConfig) -> tuple[Any, dict[str
 
 def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     model, run = _load_trained(paths, config)
-    if config.sample.properties and not model.condition_dim:
-        raise ConfigError("sample.properties is set but this model is not property-conditional (model.conditional: "
-                          "true on molecule data); remove sample.properties")
+    # (sample.properties exists for molecules only; the molecule task checks it against the model.)
     generator = torch.Generator(device=_device(config)).manual_seed(config.seed)
     with atomic_path(paths.samples) as tmp:
         tmp.mkdir()
@@ -253,6 +251,7 @@ def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> 
     write_json(paths.metrics / "sample.json", metrics)
     c = tracking.client(config.tracking)
     c.log_artifacts(run["mlflow_run_id"], str(paths.samples), "samples")
+    tracking.log_stage_config(c, run["mlflow_run_id"], "sample", config.sample)
     tracking.log_metrics(c, run["mlflow_run_id"], {f"sample_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
 
@@ -301,7 +300,10 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
 
     c = tracking.client(config.tracking)
     run_id = run["mlflow_run_id"]
-    tracking.log_metrics(c, run_id, metrics)
+    # Settings (how the numbers were made) are params, not metrics: the section plus the counts used.
+    settings = {k: metrics[k] for k in tracking.EVALUATE_SETTINGS if k in metrics}
+    tracking.log_stage_config(c, run_id, "evaluate", config.evaluate, used=settings)
+    tracking.log_metrics(c, run_id, {k: v for k, v in metrics.items() if k not in settings})
     c.log_artifacts(run_id, str(figures_dir), "evaluation")
     c.log_artifact(run_id, str(paths.metrics / "evaluate.json"), "evaluation")
     for key in (f"test_{score}", "test_nll_iwae"):

@@ -2,16 +2,23 @@
 
 The driver opens the run and hands its id to the workers; only rank 0 logs into it, through
 an ``MlflowClient`` bound to the run id (no global active-run state inside workers).
+
+Each stage records its own resolved settings: train logs the sections it reads as params when it
+opens the run; sample and evaluate log theirs when they run (:func:`log_stage_config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
+import tempfile
 import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -24,6 +31,10 @@ from vaeflow.config import ExperimentConfig, TrackingConfig
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # MLflow's log_batch limit for params per call
+# Sections that the sample and evaluate stages log themselves, when they run (not train, which never reads them).
+STAGE_SECTIONS = ("sample", "evaluate")
+# Keys of evaluate's metrics dict that are settings (how the numbers were made), logged as params.
+EVALUATE_SETTINGS = ("n_test", "iwae_k", "iwae_examples", "posthoc_seeds", "posthoc_steps")
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -114,7 +125,7 @@ def start_run(config: ExperimentConfig, tags: Mapping[str, str], run_name: str) 
     """Create the job's run with its params (the flattened resolved config) and tags; return its id."""
     c = client(config.tracking)
     run = c.create_run(experiment_id(c, config.tracking), run_name=run_name, tags=dict(tags))
-    params = [Param(k, str(v)) for k, v in config.flat().items()]
+    params = [Param(k, str(v)) for k, v in config.flat().items() if k.split(".")[0] not in STAGE_SECTIONS]
     for i in range(0, len(params), _BATCH):
         c.log_batch(run.info.run_id, params=params[i : i + _BATCH])
     return run.info.run_id
@@ -128,3 +139,37 @@ def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, float], step
 
 def set_tags(c: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_stage_config(c: MlflowClient, run_id: str, stage: str, section: Any, used: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Record the settings a sample or evaluate run used, in the job's run; return them as logged.
+
+    ``section`` is the stage's resolved config section (``sample.n`` …); ``used`` adds what the
+    stage derived from it (``evaluate.n_test``; ``evaluate.iwae_examples_used`` where it differs
+    from the section's value, e.g. null → the test split's size). MLflow params are immutable, so:
+    a key the run lacks is logged as a param; a rerun of the stage with a changed value (e.g.
+    ``dvc exp run -S image.evaluate.iwae_k=50``) logs the new value as a tag of the same name, and
+    the artifact ``stage_config/<stage>.json`` always holds the latest run's settings.
+    """
+    plain = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    values = {f"{stage}.{k}": json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in plain.items()}
+    for k, v in (used or {}).items():
+        if k not in plain:
+            values[f"{stage}.{k}"] = v
+        elif plain[k] != v:
+            values[f"{stage}.{k}_used"] = v
+    values = {k: str(v) for k, v in values.items()}
+    existing = c.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in values.items() if k not in existing]
+    changed = {k: v for k, v in values.items() if k in existing and existing[k] != v}
+    for i in range(0, len(new), _BATCH):
+        c.log_batch(run_id, params=new[i : i + _BATCH])
+    if changed:
+        log.info("%s settings differ from this run's first %s (params are immutable): logged as tags %s",
+                 stage, stage, ", ".join(sorted(changed)))
+        set_tags(c, run_id, changed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{stage}.json"
+        path.write_text(json.dumps({"config": plain, "used": dict(used or {})}, indent=2, sort_keys=True, default=str) + "\n")
+        c.log_artifact(run_id, str(path), "stage_config")
+    return values

@@ -106,8 +106,18 @@ class Modality:
         name: the ``--modality`` name.
         data: its data side.
         task: its task side (built on the data side).
+        data_config: its ``data`` section type (a ``vaeflow.config.DataConfig``); the config loader
+            builds ``config.data`` from it, so a key it lacks is an error naming this modality.
+        sample_config: its ``sample`` section type (a ``vaeflow.config.SampleConfig``).
+        evaluate_config: its ``evaluate`` section type (a ``vaeflow.config.EvaluateConfig``).
+        dataset_type: the class (or classes) of the sources in ``registry.DATASETS`` that this
+            modality prepares; ``data.dataset`` must name one of them.
     """
 
     name: str
     data: ModalityData
     task: ModalityTask
+    data_config: type
+    sample_config: type
+    evaluate_config: type
+    dataset_type: type | tuple[type, ...]

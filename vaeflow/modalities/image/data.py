@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaeflow.config import DataConfig
+from vaeflow.modalities.image.config import ImageDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.idx import read_idx

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaeflow.modalities.molecule import chem
-from vaeflow.config import DataConfig
+from vaeflow.modalities.molecule.config import MoleculeDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaeflow.config import DataConfig
+from vaeflow.modalities.timeseries.config import TimeSeriesDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path

@@ -1,0 +1,76 @@
+"""The time-series modality's own config sections: what its data side, task side and ``stages`` read."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from vaeflow.config import DataConfig, EvaluateConfig, SampleConfig, require, require_positive
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeSeriesDataConfig(DataConfig):
+    """``data``: a long series cut into windows (TimeGAN's sets) or whole UCR/UEA series, and its cleaning."""
+
+    dataset: str = "stocks"
+    # Sliding-window length and step in time steps (24 as in TimeGAN, Yoon et al. 2019); a null
+    # window keeps each series whole (UCR/UEA sets), padding shorter ones to the longest.
+    window: int | None = 24
+    stride: int = 1
+    # Fractions of a long series' time span held out at its end, in time order (train | val | test),
+    # so no window crosses a split. Sets of separate series (UCR/UEA) keep the official test split
+    # and hold out val_fraction of their training series, chosen with the job seed.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # How a long series is split: "time" (the spans above, scaler fitted on the train span) or
+    # "shuffled", the TimeGAN/TimeVAE papers' protocol: the whole series scaled together, cut into
+    # windows, and the windows shuffled (with the seed) before the fractions are taken. Overlapping
+    # windows then share time steps across splits, so validation and test scores are optimistic;
+    # use it to compare with published numbers, not to estimate how a model does on the future.
+    split: Literal["time", "shuffled"] = "time"
+    # Per-channel scaling fitted on the training split only: minmax to [0, 1] (TimeGAN) or standard.
+    scaling: Literal["minmax", "standard"] = "minmax"
+    # NaN/inf values: impute (carry the last finite value forward, the first one backward), drop
+    # (the time steps that hold one), reject (stop with an error). Counts go to prepare.json.
+    missing: Literal["impute", "drop", "reject"] = "impute"
+    # Channels constant over the training split: drop them, keep them (scaled to 0), or reject.
+    constant_channels: Literal["drop", "keep", "reject"] = "drop"
+    # Series shorter than a window: drop them, pad them (padding is masked out of the likelihood),
+    # or reject. With a null window, unequal lengths are padded unless this is reject.
+    short_series: Literal["drop", "pad", "reject"] = "pad"
+    # Seeded subsets of the windows (or series); None keeps the whole split.
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.window is None or self.window >= 2,
+                f"data.window must be ≥ 2 time steps (or null for whole series), got {self.window}")
+        require_positive("data", stride=self.stride)
+        v, t = self.val_fraction, self.test_fraction
+        require(0 <= v < 1 and 0 <= t < 1 and v + t < 1,
+                f"data.val_fraction ({v}) and data.test_fraction ({t}) must be in [0, 1) and sum to less than 1")
+        for key in ("limit_train", "limit_test"):
+            value = getattr(self, key)
+            require(value is None or value >= 0, f"data.{key} must be ≥ 0 or null (the whole split), got {value}")
+
+
+# Time series sample with the common section.
+TimeSeriesSampleConfig = SampleConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeSeriesEvaluateConfig(EvaluateConfig):
+    """``evaluate``: the common keys plus the post-hoc scores and the anomaly scores' samples."""
+
+    # Post-hoc scores of generated data (the TimeGAN discriminative and predictive scores): seeds
+    # averaged over, and optimiser steps of each post-hoc GRU (TimeGAN: 2000).
+    posthoc_seeds: int = 3
+    posthoc_steps: int = 2000
+    # Monte-Carlo samples of z per window for anomaly scores (reconstruction probability), read by
+    # `vaeflow anomaly` from the current config (its --k wins).
+    anomaly_k: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_positive("evaluate", posthoc_seeds=self.posthoc_seeds, posthoc_steps=self.posthoc_steps,
+                         anomaly_k=self.anomaly_k)
