@@ -121,6 +121,11 @@ class Family(abc.ABC):
         """Decode the codes of ``x``: the reconstruction the pyfunc model and figures show."""
         return self.decode(model, self.encode(model, x, labels), labels)
 
+    @property
+    def has_likelihood(self) -> bool:
+        """Whether the family estimates log p(x) (the evaluate stage then reports the IWAE NLL)."""
+        return type(self).log_likelihood is not Family.log_likelihood
+
     def log_likelihood(self, model: nn.Module, inputs: Any, *, k: int,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """An estimate (or lower bound) of log p(x) per example. Shapes: → (N,)."""
