@@ -159,9 +159,10 @@ class TwoOptimizerAutoencoder(L2Autoencoder):
                 for name in ("encoder", "decoder")]
 
 
+@pytest.mark.slow
 def test_a_family_with_two_optimizers_trains_under_ddp(project, ray_cluster):
     """Each loss reaches only its own optimizer's parameters, every optimizer's state is checkpointed,
-    and both losses are logged (``loss_<name>``), with 2 DDP workers."""
+    and both losses are logged (``loss_<name>``), with 2 DDP workers. One fit (about 45 s): ``-m slow``."""
     from vaeflow.training import checkpoint
     from vaeflow.training.ray import fit
 
