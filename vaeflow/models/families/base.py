@@ -79,6 +79,8 @@ class Family(abc.ABC):
     reported: ClassVar[tuple[str, ...]]
     # Further validation terms the train stage reports as ``final_val_<term>`` (besides the score).
     summary: ClassVar[tuple[str, ...]] = ()
+    # How the score reads in the per-epoch log line; its name when empty.
+    score_label: ClassVar[str] = ""
 
     # --- training -----------------------------------------------------------------------------------
 
