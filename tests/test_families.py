@@ -117,6 +117,20 @@ def test_a_family_defined_in_a_test_file_trains_through_ray_mlflow_and_the_pyfun
     samples = served.predict(x, params={"mode": "sample", "n": 5, "seed": 1})
     assert samples.shape == (5, 1, 28, 28)
 
+    # sample and evaluate (figures from the family's verbs; no likelihood, so no IWAE NLL) log into the same run.
+    assert stages.sample(config, paths)["n_samples"] == config.sample.n
+    ev = stages.evaluate(config, paths, progress=False)
+    assert set(ev) == {"test_recon", "test_l2", "n_test"}
+    assert {a.path for a in client.list_artifacts(run["mlflow_run_id"], "evaluation")} >= {
+        "evaluation/reconstructions.png", "evaluation/interpolation.png", "evaluation/latent_pca.png"}
+
+
+def test_an_unknown_family_is_one_config_error(tmp_path):
+    from vaeflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.family: unknown family 'nope'; allowed: .*test_l2_autoencoder.*vae"):
+        tiny_config(tmp_path, "model.family=nope")
+
 
 def test_the_family_is_rebuilt_by_name_with_its_own_terms(tmp_path):
     """No Ray: the config's family builds the model, and the loop reports its terms."""
@@ -145,9 +159,10 @@ class TwoOptimizerAutoencoder(L2Autoencoder):
                 for name in ("encoder", "decoder")]
 
 
+@pytest.mark.slow
 def test_a_family_with_two_optimizers_trains_under_ddp(project, ray_cluster):
     """Each loss reaches only its own optimizer's parameters, every optimizer's state is checkpointed,
-    and both losses are logged (``loss_<name>``), with 2 DDP workers."""
+    and both losses are logged (``loss_<name>``), with 2 DDP workers. One fit (about 45 s): ``-m slow``."""
     from vaeflow.training import checkpoint
     from vaeflow.training.ray import fit
 

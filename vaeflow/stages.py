@@ -247,7 +247,8 @@ def sample(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> 
     generator = torch.Generator(device=_device(config)).manual_seed(config.seed)
     with atomic_path(paths.samples) as tmp:
         tmp.mkdir()
-        metrics = _modality(config).task.write_samples(model, config, paths, tmp, generator)
+        with torch.no_grad():  # inference: whatever the family's sampler, no graph to keep
+            metrics = _modality(config).task.write_samples(model, config, paths, tmp, generator)
     write_json(paths.metrics / "sample.json", metrics)
     c = tracking.client(config.tracking)
     c.log_artifacts(run["mlflow_run_id"], str(paths.samples), "samples")
@@ -275,21 +276,25 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
     g = lambda: torch.Generator(device=device).manual_seed(config.seed)  # noqa: E731
 
     elbo = run_epoch(model, loader(test), modality.data, config, epoch=0, device=device, generator=g())
-    n_iwae = min(ev.iwae_examples or len(test), len(test))
-    subset = Subset(test, range(n_iwae))
-    nll = iwae_nll(model, loader(subset), modality.data, config.data, k=ev.iwae_k, device=device, generator=g(), progress=progress)
-    subset_elbo = run_epoch(model, loader(subset), modality.data, config, epoch=0, device=device, generator=g())
     metrics = {
         f"test_{score}": elbo[score],
         **{f"test_{k}": elbo[k] for k in family.reported if k != score},
         "n_test": len(test),
-        "test_nll_iwae": float(nll.mean()),
-        "test_nll_iwae_sem": float(nll.std() / max(len(nll), 1) ** 0.5),
-        "iwae_k": ev.iwae_k,
-        "iwae_examples": n_iwae,
-        # The score (the VAE's −ELBO) on the same examples as the IWAE NLL, so the two are directly comparable.
-        f"iwae_subset_{score}": subset_elbo[score],
     }
+    if family.has_likelihood:
+        n_iwae = min(ev.iwae_examples or len(test), len(test))
+        subset = Subset(test, range(n_iwae))
+        nll = iwae_nll(model, loader(subset), modality.data, config.data, k=ev.iwae_k, device=device, generator=g(),
+                       progress=progress)
+        subset_elbo = run_epoch(model, loader(subset), modality.data, config, epoch=0, device=device, generator=g())
+        metrics |= {
+            "test_nll_iwae": float(nll.mean()),
+            "test_nll_iwae_sem": float(nll.std() / max(len(nll), 1) ** 0.5),
+            "iwae_k": ev.iwae_k,
+            "iwae_examples": n_iwae,
+            # The score (the VAE's −ELBO) on the same examples as the IWAE NLL, so the two are directly comparable.
+            f"iwae_subset_{score}": subset_elbo[score],
+        }
     spec = modality.data.input_spec(paths.processed)
     figures_dir = paths.plots / "evaluation"
     with atomic_path(figures_dir) as tmp:
@@ -306,6 +311,6 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
     tracking.log_metrics(c, run_id, {k: v for k, v in metrics.items() if k not in settings})
     c.log_artifacts(run_id, str(figures_dir), "evaluation")
     c.log_artifact(run_id, str(paths.metrics / "evaluate.json"), "evaluation")
-    for key in (f"test_{score}", "test_nll_iwae"):
+    for key in (k for k in (f"test_{score}", "test_nll_iwae") if k in metrics):
         c.set_model_version_tag(run["registered_model"], run["model_version"], key, f"{metrics[key]:.4f}")
     return metrics

@@ -222,8 +222,9 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         row |= {f"train_{k}": train[k] for k in metrics} | {f"val_{k}": val[k] for k in metrics}
         history.append(row)
         if rank == 0:
-            print(f"epoch {epoch + 1}/{config.train.epochs}: train {family.score} {train[family.score]:.2f}, "
-                  f"val {family.score} {val[family.score]:.2f}, {seconds:.1f} s", flush=True)
+            label = family.score_label or family.score
+            print(f"epoch {epoch + 1}/{config.train.epochs}: train {label} {train[family.score]:.2f}, "
+                  f"val {label} {val[family.score]:.2f}, {seconds:.1f} s", flush=True)
         report(row, epoch=epoch + 1, step=0)
 
 

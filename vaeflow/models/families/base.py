@@ -79,6 +79,8 @@ class Family(abc.ABC):
     reported: ClassVar[tuple[str, ...]]
     # Further validation terms the train stage reports as ``final_val_<term>`` (besides the score).
     summary: ClassVar[tuple[str, ...]] = ()
+    # How the score reads in the per-epoch log line; its name when empty.
+    score_label: ClassVar[str] = ""
 
     # --- training -----------------------------------------------------------------------------------
 
@@ -120,6 +122,11 @@ class Family(abc.ABC):
     def reconstruct(self, model: nn.Module, x: Any, labels: torch.Tensor | None = None) -> Any:
         """Decode the codes of ``x``: the reconstruction the pyfunc model and figures show."""
         return self.decode(model, self.encode(model, x, labels), labels)
+
+    @property
+    def has_likelihood(self) -> bool:
+        """Whether the family estimates log p(x) (the evaluate stage then reports the IWAE NLL)."""
+        return type(self).log_likelihood is not Family.log_likelihood
 
     def log_likelihood(self, model: nn.Module, inputs: Any, *, k: int,
                        generator: torch.Generator | None = None) -> torch.Tensor:

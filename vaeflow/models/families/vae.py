@@ -29,6 +29,7 @@ class VAEFamily(Family):
     score = "neg_elbo"
     reported = ("recon", "kl", "neg_elbo")
     summary = ("kl",)
+    score_label = "−ELBO"
 
     def build(self, model_config: Any, input_spec: dict[str, Any]) -> nn.Module:
         return build_model(model_config, input_spec)
