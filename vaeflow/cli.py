@@ -196,6 +196,9 @@ def run(args: argparse.Namespace) -> Any:
             raise cfg.ConfigError("--stride and --k must be ≥ 1")
         # k is a scoring setting: from the current config (or --k), never the one the model was trained under.
         if args.k is None:
+            if args.preset is None and not args.params.is_file():
+                raise cfg.ConfigError(f"{args.params} not found: pass --k N, or --params/--preset to take "
+                                      "evaluate.anomaly_k from")
             current = resolve_config(args)
             if not hasattr(current.evaluate, "anomaly_k"):
                 raise cfg.ConfigError(f"anomaly scores time-series models; modality {current.modality} has no "
