@@ -42,6 +42,7 @@ def test_every_preset_loads_and_round_trips(preset):
 def test_params_yaml_is_whole_sections_that_match_a_preset():
     """params.yaml holds one whole section per modality (every key read), here the quick presets."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    registry.load_plugins()
     assert sorted(params) == sorted(registry.MODALITIES)
     for modality, section in params.items():
         config = cfg.load_params(ROOT / "params.yaml", modality)
