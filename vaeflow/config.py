@@ -390,8 +390,8 @@ def validate(config: ExperimentConfig) -> None:
     try:
         registry.check_name("modality", registry.MODALITIES, config.modality)
         registry.check_name("data.dataset", registry.DATASETS, config.data.dataset)
-        registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type)
-        registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type)
+        registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type, config.modality)
+        registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type, config.modality)
     except registry.RegistryError as exc:
         raise ConfigError(str(exc)) from None
     t = config.train
