@@ -223,9 +223,14 @@ def test_decoder_reads_z_a_small_set_is_reconstructed_from_its_codes(mol_data, t
 
 def test_property_conditional_model_steers_generation(mol_data, tmp_path):
     """model.conditional on molecules conditions encoder and decoder on the standardised properties;
-    asking for heavy molecules gives heavier ones than asking for light ones."""
+    asking for heavy molecules gives heavier ones than asking for light ones.
+
+    Without the property head: the condition alone steers. (A head that read the condition scored
+    p(y | z, y) and so trained the condition's embedding for free; the head now reads z alone, and at
+    this budget, 12 epochs on 384 molecules, its p(y | z) term leaves the steering gap within noise.)"""
     root, _ = mol_data
-    config = mol_config(tmp_path, "model.conditional=true", "train.lr=0.003", "loss.warmup_epochs=0")
+    config = mol_config(tmp_path, "model.conditional=true", "train.lr=0.003", "loss.warmup_epochs=0",
+                        "model.decoder.predict_properties=false")
     model, spec = _train_in_process(config, root, epochs=12)
     assert model.condition_dim == len(spec["properties"]) and model.num_classes == 0
     train = mol.MoleculeData().load(root / "data/processed/molecule", "train").props

@@ -25,8 +25,7 @@ class SelfiesGRUDecoder(nn.Module):
     ``<eos>`` masked out) times, when ``predict_properties``, a Gaussian over the standardised
     properties (logP, QED, SA, weight) predicted from z by a small head: p(x, y | z) = p(x | z) p(y | z).
     The head reads z alone, never the condition: a property-conditional model's condition *is* y,
-    and a head that read it would score p(y | z, y), a term it could satisfy without z. On such a
-    model the head's term does not back-propagate into z (see ``forward``).
+    and a head that read it would score p(y | z, y), a term it could satisfy without z.
 
     Args:
         input_spec: the data's spec (``vocab`` as a list of strings, ``max_tokens``, ``properties``).
@@ -129,12 +128,7 @@ class SelfiesGRUDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, target: Any = None) -> DecoderOutput:
         code = self._code(z, cond)
-        aux = None
-        if self.property_head is not None:
-            # On a conditional model y is given (it is the condition) and z should carry what y does
-            # not: the head still learns p(y | z), but its term does not pull y into z, which made the
-            # decoder read y from z and ignore the condition (conditional samples no longer steered).
-            aux = self.property_head(z if cond is None else z.detach())
+        aux = self.property_head(z) if self.property_head is not None else None  # z alone: p(y | z)
         if target is None:
             return DecoderOutput(params=code, aux=aux)
         tokens = target.tokens.long()  # (N, L)
