@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from bench import fcd_memory, featurise, molecule_collapse, sampling
 from tests.conftest import ROOT
 
@@ -28,6 +30,10 @@ def test_featurise_benchmark_writes_rates(tmp_path):
     for row in record["scaling"]:
         for key in ("per_s", "per_core_per_s", "per_cpu_s", "cores_used", "vs_in_process", "speedup", "efficiency"):
             assert _positive(row[key]), (row["processes"], key)
+        # The derived figures come from the measured rate, not from constants.
+        assert row["per_core_per_s"] == pytest.approx(row["per_s"] / row["processes"])
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["processes"])
+    assert record["scaling"][0]["speedup"] == pytest.approx(1.0)  # the 1-process pool against itself
     shares = [row["share"] for row in record["profile"] if not row["function"].startswith(" ")]
     assert record["profile"] and 0.5 < sum(shares) <= 1.01  # featurise's own time + its direct callees
     assert record["full_moses"] is None

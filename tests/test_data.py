@@ -72,9 +72,34 @@ def test_gz_md5_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path))
     (tmp_path / "toy").mkdir()
     (tmp_path / "toy" / "t.gz").write_bytes(b"hello")
-    assert download.fetch(_file(tmp_path, b"", gz_md5="5d41402abc4b2a76b9719d911017c592"), cache=tmp_path) is not None
+    assert download.fetch(_file(tmp_path, b"", gz_md5="5d41402abc4b2a76b9719d911017c592"), cache=tmp_path) == tmp_path / "toy" / "t.gz"
     with pytest.raises(DataNotFoundError, match="md5 is"):
         download.fetch(_file(tmp_path, b"", gz_md5="0" * 32), cache=tmp_path)
+
+
+def test_an_unreadable_copy_is_rejected_with_its_whole_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv(download.MIRROR_ENV, str(tmp_path / "mirror"))
+    (tmp_path / "mirror" / "toy").mkdir(parents=True)
+    (tmp_path / "mirror" / "toy" / "t.gz").write_bytes(b"hello, not gzip")
+    with pytest.raises(DataNotFoundError) as err:
+        download.fetch(_file(tmp_path, b"", sha256="0" * 64), cache=tmp_path / "cache")
+    assert "t.gz: unreadable (Not a gzipped file (b'he'))" in str(err.value)  # was cut to "unreadable (Not…"
+
+
+def test_subset_is_seeded_and_draws_nothing_when_keeping_everything():
+    from vaeflow.splits import subset
+
+    a, b = (subset(100, 10, np.random.default_rng(3)) for _ in range(2))
+    assert a.tolist() == b.tolist() and len(set(a.tolist())) == 10 and a.tolist() == sorted(a.tolist())
+    rng = np.random.default_rng(3)
+    assert subset(100, None, rng).tolist() == subset(100, 100, rng).tolist() == list(range(100))
+    assert rng.random() == np.random.default_rng(3).random()  # the generator was left untouched
+
+
+def test_a_validation_split_larger_than_the_data_is_a_config_error(tmp_path):
+    config = cfg.load(TINY, overrides=["data.val_size=60000"])
+    with pytest.raises(cfg.ConfigError, match=r"data.val_size must be in \[0, 60000\) .*--set data.val_size"):
+        ImageData().prepare(config.data, config.seed, tmp_path / "processed", progress=False)
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,31 @@ def test_every_registered_family_has_a_contract_case():
     assert {d for _, d in covered} == set(registry.DECODERS)
 
 
+def test_every_module_declares_the_modalities_it_reads():
+    registry.load_plugins()
+    for reg in (registry.ENCODERS, registry.DECODERS):
+        for name, cls in reg.items():
+            assert set(cls.modalities) <= set(registry.MODALITIES), (reg.kind, name, cls.modalities)
+
+
+@pytest.mark.parametrize("modality, key, name, allowed", [
+    ("image", "encoder", "gine", "conv2d"),  # was KeyError 'atom_feature_sizes' from the train stage
+    ("image", "encoder", "gru", "conv2d"),  # built, then failed inside the Ray workers
+    ("molecule", "decoder", "conv2d", "selfies_gru"),
+])
+def test_a_module_of_another_modality_is_one_line_at_config_time(modality, key, name, allowed):
+    from pathlib import Path
+
+    from vaeflow import config as cfg
+
+    preset = Path(__file__).parents[1] / "configs" / modality / "tiny.yaml"
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(preset, overrides=[f"model.{key}.name={name}"])
+    message = str(info.value)
+    assert "\n" not in message and f"model.{key}.name" in message and f"not {modality}" in message
+    assert message.endswith(f"allowed for {modality}: {allowed}")
+
+
 @pytest.mark.parametrize("conditional", [False, True], ids=["plain", "conditional"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shapes_finiteness_and_gradients(family, conditional):
@@ -135,13 +160,23 @@ def test_state_dict_round_trip_with_weights_only(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reset_parameters_reinitialises(family):
+    """reset_parameters reaches every encoder and decoder parameter: each one, overwritten with a
+    sentinel first, holds a fresh initial value afterwards (random or a constant like log σ = log 0.1)."""
     model, _ = _model(family)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fresh = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sentinel = 7.25
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(sentinel)
     torch.manual_seed(99)
     model.encoder.reset_parameters()
     model.decoder.reset_parameters()
-    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p) and n.startswith(("encoder", "decoder"))]
-    assert changed
+    params = {n: p for n, p in model.named_parameters() if n.startswith(("encoder", "decoder"))}
+    stale = [n for n, p in params.items() if (p == sentinel).any()]
+    assert not stale, f"parameters reset_parameters does not reach: {stale}"
+    # Random initialisations are redrawn (another seed than at construction: other values); constant
+    # ones come back exactly.
+    assert any(not torch.equal(fresh[n], p) for n, p in params.items())
 
 
 def test_decode_folds_sample_dimensions():
@@ -185,6 +220,23 @@ def test_decode_expands_the_target_along_sample_dimensions():
     lp = model.decoder.log_prob(out, target)
     assert lp.shape == (5, 4)
     assert torch.allclose(lp[3], model.decoder.log_prob(model.decode(z[3], None, target), target), atol=1e-5)
+
+
+def test_property_head_reads_z_not_the_condition():
+    """On a property-conditional model the condition is the property vector y itself; the property
+    term must be p(y | z), so the head's predictions do not move when only the condition does."""
+    spec = {k: v for k, v in MOLECULE_SPEC.items() if k != "num_classes"} | {"condition_dim": 4}
+    _, enc, dec, batch = FAMILIES["gine/selfies_gru"]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_dim=3, encoder=enc, decoder=dec, conditional=True), spec).eval()
+    assert model.condition_dim == 4
+    g = torch.Generator().manual_seed(0)
+    _, target, _ = batch(5, g)
+    z = torch.randn(5, 3, generator=g)
+    a = model.decode(z, target.properties, target)
+    b = model.decode(z, torch.randn(5, 4, generator=g), target)
+    assert not torch.allclose(a.params, b.params)  # the tokens do read the condition
+    assert torch.equal(a.aux, b.aux) and torch.equal(a.aux, model.decoder.predict_properties(z))
 
 
 def test_word_dropout_blanks_teacher_forced_inputs_only_while_training():

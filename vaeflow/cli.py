@@ -77,14 +77,14 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--model", type=Path, help="model file (default: <root>/models/<modality>/model.pt)")
         s.add_argument("--start", required=True, help="SMILES of the starting molecule")
         s.add_argument("--steps", type=int, default=8 if name == "interpolate" else 100,
-                       help="points on the path (interpolate) or gradient steps (optimize)")
+                       help="points on the path, ≥ 2 (interpolate) or gradient steps, ≥ 1 (optimize)")
         if name == "interpolate":
             s.add_argument("--end", required=True, help="SMILES of the end molecule")
         else:
             s.add_argument("--property", default="QED", help="property to optimise: logP, QED, SA or weight (default: QED)")
             s.add_argument("--minimize", action="store_true", help="decrease the property instead (e.g. SA)")
             s.add_argument("--lr", type=float, default=0.05, help="Adam step size in latent space (default: 0.05)")
-            s.add_argument("--every", type=int, default=10, help="decode every this many steps (default: 10)")
+            s.add_argument("--every", type=int, default=10, help="decode every this many steps, ≥ 1 (default: 10)")
     return p
 
 
@@ -93,8 +93,15 @@ def latent_command(args: argparse.Namespace) -> Any:
     from vaeflow.modalities.molecule import task as molecules
     from vaeflow.training import checkpoint
 
+    if args.command == "interpolate" and args.steps < 2:
+        raise cfg.ConfigError(f"--steps must be ≥ 2 (the path includes both molecules), got {args.steps}")
+    if args.command == "optimize" and (args.steps < 1 or args.every < 1):
+        raise cfg.ConfigError(f"--steps and --every must be ≥ 1, got --steps {args.steps} --every {args.every}")
     path = args.model or args.root / "models" / args.modality / "model.pt"
-    model, _, state = checkpoint.load_model(path)
+    model, config, state = checkpoint.load_model(path)
+    if config.modality != "molecule":
+        raise cfg.ConfigError(f"{path} is a {config.modality} model; vaeflow {args.command} works on a molecule "
+                              "model's latent space (e.g. --model models/molecule/model.pt)")
     spec = state["input_spec"]
     try:
         if args.command == "interpolate":

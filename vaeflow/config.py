@@ -442,8 +442,8 @@ def validate(config: ExperimentConfig) -> None:
     try:
         m = registry.MODALITIES.get_or_raise(config.modality, "modality")
         registry.check_name("model.family", registry.FAMILIES, config.model.family)
-        registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type)
-        registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type)
+        registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type, config.modality)
+        registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type, config.modality)
     except registry.RegistryError as exc:
         raise ConfigError(str(exc)) from None
     # One DATASETS registry serves every modality: only this modality's kind of source is allowed.

@@ -88,11 +88,30 @@ def check_name(key: str, registry: Registry, name: str) -> None:
 BUILDER_ARGS = frozenset({"input_spec", "latent_dim", "cond_dim"})
 
 
-def check_options(key: str, registry: Registry, spec: Any, check_type: Callable[[Any, Any, str], Any]) -> None:
-    """Check a ModuleSpec's options against the registered class's keyword arguments and types.
+def check_modality(key: str, registry: Registry, name: str, modality: str) -> None:
+    """Check that the registered class reads ``modality``'s batches.
+
+    A class declares the modalities it reads in a ``modalities`` tuple; one without it is taken to
+    read any. Raises a RegistryError naming the classes that do read this modality."""
+    cls = registry.get_or_raise(name, f"{key}.name")
+    reads = getattr(cls, "modalities", None)
+    if reads is not None and modality not in reads:
+        allowed = sorted(n for n, c in registry.items() if modality in getattr(c, "modalities", (modality,)))
+        raise RegistryError(
+            f"{key}.name: {registry.kind} {name!r} reads {' or '.join(reads)} data, not {modality}; "
+            f"allowed for {modality}: {', '.join(allowed) or '(none registered)'}"
+        )
+
+
+def check_options(key: str, registry: Registry, spec: Any, check_type: Callable[[Any, Any, str], Any],
+                  modality: str | None = None) -> None:
+    """Check a ModuleSpec's options against the registered class's keyword arguments and types, and
+    (given ``modality``) that the class reads that modality's batches (see ``check_modality``).
 
     ``check_type(value, type, key)`` converts or raises (the config module's type checker)."""
     cls = registry.get_or_raise(spec.name, f"{key}.name")
+    if modality is not None:
+        check_modality(key, registry, spec.name, modality)
     params = {
         n: p
         for n, p in inspect.signature(cls).parameters.items()

@@ -6,6 +6,10 @@ No pickled modules travel with the model; the checkpoint loads with ``weights_on
 
 - ``encode``: inputs → latent codes (the VAE's posterior means), shape (N, latent_dim)
 - ``reconstruct``: inputs → decoded means, same shape as the inputs (molecules: greedy SMILES)
+
+Molecules are answered per row (``ModalityData.serving_rows``): encode gives columns ``z0`` …
+``z{latent_dim-1}``, reconstruct a ``SMILES`` column, each with ``valid`` and ``reason``; a SMILES
+that cannot be featurised gets NaN values, ``valid=False`` and the reason, the other rows their answer.
 - ``sample``: ignores the rows; draws ``n`` samples with ``seed`` and ``temperature``
   (molecules: a ``SMILES`` column)
 
@@ -63,8 +67,14 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
             out = self.family.sample(self.model, int(p["n"]), generator=g, labels=self._condition(int(p["n"]), p),
                                      temperature=float(p["temperature"]))
             return self.modality.predictions(out, self.spec)
-        x = self.modality.encoder_input(model_input, self.spec)
+        # Rows the encoder cannot read (e.g. an unparsable SMILES) are answered per row, not as a failure.
+        rows = self.modality.serving_rows(model_input, self.spec)
+        x = rows.x
+        if x is None:  # no readable row: an empty answer of the usual columns
+            empty = torch.zeros(0, self.model.latent_dim)
+            return rows.frame(empty.numpy() if p["mode"] == "encode"
+                              else self.modality.predictions(torch.zeros(0, 0, dtype=torch.long), self.spec))
         labels = self._condition(getattr(x, "num_graphs", None) or len(x), p, x if self.model.condition_dim else None)
         if p["mode"] == "encode":
-            return self.family.encode(self.model, x, labels).numpy()
-        return self.modality.predictions(self.family.reconstruct(self.model, x, labels), self.spec)
+            return rows.frame(self.family.encode(self.model, x, labels).numpy())
+        return rows.frame(self.modality.predictions(self.family.reconstruct(self.model, x, labels), self.spec))

@@ -144,6 +144,9 @@ def _check_model_builds(config: ExperimentConfig, modality: Any, processed: Path
         build_model(config.model, modality.data.input_spec(processed))
     except ValueError as exc:
         raise ConfigError(f"model: {exc}; change it in the preset or with --set") from None
+    except KeyError as exc:  # a module asked the input spec for something this data set lacks
+        raise ConfigError(f"model: the {config.modality} data has no {exc} that {config.model.encoder.name} / "
+                          f"{config.model.decoder.name} needs; pick an encoder and decoder for {config.modality}") from None
 
 
 def _check_split_fills_a_batch(config: ExperimentConfig, n_train: int) -> None:

@@ -27,6 +27,39 @@ class ModelInputs:
     labels: torch.Tensor | None = None
 
 
+@dataclasses.dataclass
+class ServingRows:
+    """A serving request split into the rows the encoder can read and the rows it cannot.
+
+    Attributes:
+        x: encoder input of the readable rows, in request order; None when no row is readable
+            (e.g. an empty request).
+        valid: (N,) bool, one per request row; None when every row is readable by construction
+            (the modality answers a whole batch or raises).
+        reasons: one per request row: "" where valid, else why the row cannot be answered.
+    """
+
+    x: Any
+    valid: Any = None
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    def frame(self, values: Any) -> Any:
+        """Per-row answer: the readable rows' ``values`` (an (n_valid, D) array, or a DataFrame of
+        n_valid rows) scattered back to request order, NaN where a row was not readable, plus
+        ``valid`` and ``reason`` columns. Without per-row validity, ``values`` as they are."""
+        if self.valid is None:
+            return values
+        import numpy as np
+        import pandas as pd
+
+        index = np.flatnonzero(self.valid)
+        if not isinstance(values, pd.DataFrame):
+            values = np.asarray(values)  # (n_valid, D)
+            values = pd.DataFrame(values, columns=[f"z{i}" for i in range(values.shape[1])])
+        out = values.set_axis(index).reindex(range(len(self.valid)))
+        return out.assign(valid=np.asarray(self.valid, dtype=bool), reason=list(self.reasons))
+
+
 class ModalityData(abc.ABC):
     """The data side of a modality: raw data → processed splits → batches, and the serving codec."""
 
@@ -67,6 +100,11 @@ class ModalityData(abc.ABC):
         import numpy as np
 
         return torch.as_tensor(np.asarray(example, dtype=np.float32))
+
+    def serving_rows(self, example: Any, spec: dict[str, Any]) -> ServingRows:
+        """A serving request as encoder input plus per-row validity; default: the whole request
+        through ``encoder_input`` (a bad request fails as a whole)."""
+        return ServingRows(x=self.encoder_input(example, spec))
 
     def predictions(self, generated: torch.Tensor, spec: dict[str, Any]) -> Any:
         """What the pyfunc model returns for generated or reconstructed data; default: the array."""

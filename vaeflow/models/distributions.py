@@ -6,7 +6,17 @@ import math
 
 import torch
 
-_LOG_2PI = math.log(2 * math.pi)
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mean, exp(log_scale)²): the one form every Gaussian term uses (posterior,
+    prior, and the decoders' pixel, sequence and property likelihoods); callers sum or mask it.
+
+    Shapes:
+        x, mean, log_scale: broadcastable to each other → their broadcast shape
+    """
+    return -0.5 * (((x - mean) / log_scale.exp()) ** 2 + 2 * log_scale + LOG_2PI)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -15,7 +25,8 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     Shapes:
         z: (..., D) → (...)
     """
-    return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
+    zero = z.new_zeros(())
+    return gaussian_log_density(z, zero, zero).sum(-1)
 
 
 class DiagonalGaussian:
@@ -55,7 +66,7 @@ class DiagonalGaussian:
         Shapes:
             z: (..., N, D) → (..., N)
         """
-        return -0.5 * (((z - self.mu) ** 2) * torch.exp(-self.logvar) + self.logvar + _LOG_2PI).sum(-1)
+        return gaussian_log_density(z, self.mu, 0.5 * self.logvar).sum(-1)
 
     def kl_standard_normal(self) -> torch.Tensor:
         """KL(q || N(0, I)) per dimension, in closed form.

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vaeflow.config import ConfigError
 from vaeflow.modalities.image.config import ImageDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.idx import read_idx
 from vaeflow.io import atomic_path
 from vaeflow.registry import DATASETS
+from vaeflow.splits import subset
 
 SPLITS = ("train", "val", "test")
 
@@ -114,12 +116,6 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.x[i], self.y[i]
 
 
-def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
-    if limit is None or limit >= n:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=limit, replace=False))
-
-
 class ImageData(ModalityData):
     def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
         source: IdxImageDataset = DATASETS.get_or_raise(config.dataset, "data.dataset")
@@ -130,12 +126,13 @@ class ImageData(ModalityData):
         steps.update(2)
         steps.close()
         if not 0 <= config.val_size < len(y_train):
-            raise ValueError(f"data.val_size must be in [0, {len(y_train)}), got {config.val_size}")
+            raise ConfigError(f"data.val_size must be in [0, {len(y_train)}) for {config.dataset} "
+                              f"({len(y_train)} training images), got {config.val_size}; lower it with --set data.val_size=…")
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(y_train))
         val_idx, train_idx = np.sort(order[: config.val_size]), np.sort(order[config.val_size :])
-        train_idx = train_idx[_subset(len(train_idx), config.limit_train, rng)]
-        test_idx = _subset(len(y_test), config.limit_test, rng)
+        train_idx = train_idx[subset(len(train_idx), config.limit_train, rng)]
+        test_idx = subset(len(y_test), config.limit_test, rng)
         splits = {
             "train": (x_train[train_idx], y_train[train_idx]),
             "val": (x_train[val_idx], y_train[val_idx]),

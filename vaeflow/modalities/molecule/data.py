@@ -31,11 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from vaeflow.modalities.molecule import chem
+from vaeflow.config import ConfigError
 from vaeflow.modalities.molecule.config import MoleculeDataConfig as DataConfig
-from vaeflow.modalities.base import ModalityData, ModelInputs
+from vaeflow.modalities.base import ModalityData, ModelInputs, ServingRows
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path
 from vaeflow.registry import DATASETS
+from vaeflow.splits import subset
+from vaeflow.tokens import EOS, PAD, SPECIALS
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,6 @@ HYBRIDISATIONS = ("SP", "SP2", "SP3")
 BOND_TYPES = ("SINGLE", "DOUBLE", "TRIPLE", "AROMATIC")
 ATOM_FEATURES = ("element", "formal_charge", "aromatic", "num_hs", "hybridisation", "in_ring")
 BOND_FEATURES = ("bond_type", "conjugated", "in_ring")
-
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-SPECIALS = (PAD, BOS, EOS)
 
 
 def _index(values: Sequence[Any], value: Any) -> int:
@@ -313,12 +313,6 @@ def _stream(path: Path, keep: np.ndarray, chunk_size: int) -> Iterator[list[tupl
         yield chunk
 
 
-def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
-    if limit is None or limit >= n:
-        return np.arange(n)
-    return np.sort(rng.choice(n, size=limit, replace=False))
-
-
 def plan_splits(source: MoleculeSource, config: DataConfig, seed: int) -> dict[str, tuple[Path, np.ndarray]]:
     """Which records of which file make each split: ``{split: (file, sorted record indices)}``."""
     rng = np.random.default_rng(seed)
@@ -328,18 +322,20 @@ def plan_splits(source: MoleculeSource, config: DataConfig, seed: int) -> dict[s
     plan: dict[str, tuple[Path, np.ndarray]] = {}
     n_test = 0 if "test" in source.official else int(round(source.test_fraction * n))
     if not 0 <= config.val_size < n - n_test:
-        raise ValueError(f"data.val_size must be in [0, {n - n_test}), got {config.val_size}")
+        raise ConfigError(f"data.val_size must be in [0, {n - n_test}) for {train_file.name} ({n} records"
+                          f"{f', {n_test} held out for test' if n_test else ''}), got {config.val_size}; "
+                          "lower it with --set data.val_size=…")
     test_idx = np.sort(order[:n_test])
     val_idx = np.sort(order[n_test : n_test + config.val_size])
     train_idx = np.sort(order[n_test + config.val_size :])
-    plan["train"] = (train_file, train_idx[_subset(len(train_idx), config.limit_train, rng)])
+    plan["train"] = (train_file, train_idx[subset(len(train_idx), config.limit_train, rng)])
     plan["val"] = (train_file, val_idx)
     if n_test:
-        plan["test"] = (train_file, test_idx[_subset(len(test_idx), config.limit_test, rng)])
+        plan["test"] = (train_file, test_idx[subset(len(test_idx), config.limit_test, rng)])
     for split, file in source.official.items():
         if split != "train":
             path = file()
-            plan[split] = (path, _subset(_count_records(path), config.limit_test, rng))
+            plan[split] = (path, subset(_count_records(path), config.limit_test, rng))
     return plan
 
 
@@ -496,14 +492,13 @@ def tokens_to_smiles(tokens: torch.Tensor, vocab: Sequence[str]) -> list[str]:
     """Token ids → SELFIES → SMILES (RDKit canonical). Shapes: tokens (N, L)."""
     import selfies as sf
 
-    specials = {"<pad>", "<bos>", "<eos>"}
     out = []
     for row in tokens.tolist():
         toks = []
         for t in row:
-            if vocab[t] == "<eos>":
+            if vocab[t] == EOS:
                 break
-            if vocab[t] not in specials:
+            if vocab[t] not in SPECIALS:
                 toks.append(vocab[t])
         smiles = sf.decoder("".join(toks)) or ""
         out.append(chem.canonical(smiles) or smiles)
@@ -573,7 +568,7 @@ class MoleculeData(ModalityData):
                 chunk_size: int = 2000) -> dict[str, Any]:
         source: MoleculeSource = DATASETS.get_or_raise(config.dataset, "data.dataset")
         if not isinstance(source, MoleculeSource):
-            raise ValueError(f"data.dataset {config.dataset!r} is not a molecule data set; use moses or qm9")
+            raise ConfigError(f"data.dataset {config.dataset!r} is not a molecule data set; use moses or qm9")
         plan = plan_splits(source, config, seed)
         splits: dict[str, dict[str, Any]] = {}
         rejects: list[tuple[str, int, str, str]] = []
@@ -651,26 +646,58 @@ class MoleculeData(ModalityData):
 
         return pd.DataFrame({"SMILES": dataset.smiles[:n]})
 
-    def encoder_input(self, example: Any, spec: dict[str, Any]) -> Any:
-        """SMILES (a list, an array, or a DataFrame with a ``SMILES`` column) → a PyG ``Batch`` whose
-        ``properties`` (N, P) are standardised like the training data's."""
-        from torch_geometric.data import Batch
+    def _graphs(self, example: Any, spec: dict[str, Any]) -> list[Any]:
+        """One PyG ``Data`` per SMILES (standardised ``properties`` (1, P) attached), or the
+        ``Rejected`` reason where a SMILES cannot be featurised.
 
+        Raises:
+            ValueError: a DataFrame without a ``SMILES`` column (no row can be answered).
+        """
         if hasattr(example, "columns"):
             if "SMILES" not in example.columns:
                 raise ValueError(f"expected a SMILES column, got columns {list(example.columns)}")
             example = example["SMILES"]
-        items = []
+        mean, std = torch.tensor(spec["property_mean"]), torch.tensor(spec["property_std"])
+        items: list[Any] = []
         for s in [str(v) for v in list(example)]:
             try:
                 f = featurise(s, spec["elements"], spec["max_atoms"])
             except Rejected as exc:
-                raise ValueError(f"cannot encode {s!r}: {exc}") from None
+                items.append(exc)
+                continue
             graph = _graph(f)
-            props = (torch.from_numpy(f.properties) - torch.tensor(spec["property_mean"])) / torch.tensor(spec["property_std"])
-            graph.properties = props[None].float()  # (1, P)
+            graph.properties = ((torch.from_numpy(f.properties) - mean) / std)[None].float()  # (1, P)
             items.append(graph)
+        return items
+
+    def encoder_input(self, example: Any, spec: dict[str, Any]) -> Any:
+        """SMILES (a list, an array, or a DataFrame with a ``SMILES`` column) → a PyG ``Batch`` whose
+        ``properties`` (N, P) are standardised like the training data's.
+
+        Raises:
+            ValueError: no SMILES, no ``SMILES`` column, or a SMILES that cannot be featurised.
+        """
+        from torch_geometric.data import Batch
+
+        smiles = list(example["SMILES"]) if hasattr(example, "columns") and "SMILES" in example.columns else example
+        items = self._graphs(example, spec)
+        if not items:
+            raise ValueError("no SMILES to encode")
+        for s, item in zip(smiles, items):
+            if isinstance(item, Rejected):
+                raise ValueError(f"cannot encode {str(s)!r}: {item}")
         return Batch.from_data_list(items)
+
+    def serving_rows(self, example: Any, spec: dict[str, Any]) -> ServingRows:
+        """Per-row serving: the SMILES that featurise go to the encoder; each other row is answered
+        with ``valid=False`` and its reason (an empty request gives an empty answer)."""
+        from torch_geometric.data import Batch
+
+        items = self._graphs(example, spec)
+        valid = np.array([not isinstance(i, Rejected) for i in items], dtype=bool)
+        graphs = [i for i in items if not isinstance(i, Rejected)]
+        return ServingRows(x=Batch.from_data_list(graphs) if graphs else None, valid=valid,
+                           reasons=[str(i) if isinstance(i, Rejected) else "" for i in items])
 
     def predictions(self, generated: torch.Tensor, spec: dict[str, Any]) -> Any:
         """Token ids → a DataFrame with a ``SMILES`` column (RDKit canonical)."""

@@ -56,10 +56,27 @@ def fingerprints(mols: Sequence[Chem.Mol], radius: int = 2, n_bits: int = 1024) 
     return out
 
 
+def tanimoto(both: np.ndarray, either: np.ndarray, *, empty: float) -> np.ndarray:
+    """Tanimoto similarity |a ∧ b| / |a ∨ b| from the bit counts of fingerprint pairs.
+
+    Args:
+        both: bits set in both fingerprints of each pair.
+        either: bits set in either fingerprint of each pair.
+        empty: the similarity of a pair of all-zero fingerprints, where the ratio is 0/0. MOSES's
+            SNN and IntDiv count it as 1 (two empty molecules are alike); the reconstruction
+            metrics count it as 0 (an unparsable decoding matches nothing).
+
+    Shapes:
+        both, either: same shape (any) → same shape
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(either > 0, both / np.where(either > 0, either, 1), empty)
+
+
 def average_agg_tanimoto(ref: np.ndarray, gen: np.ndarray, *, agg: str = "max", p: int = 1,
                          batch_size: int = 5000, device: str = "cpu") -> float:
     """For each generated fingerprint, the max (SNN) or mean (IntDiv) Tanimoto similarity to ``ref``
-    (MOSES ``average_agg_tanimoto``; an all-zero pair counts as similarity 1).
+    (MOSES ``average_agg_tanimoto``; an all-zero pair counts as similarity 1, see ``tanimoto``).
 
     Shapes:
         ref: (R, B); gen: (G, B) → scalar
@@ -70,9 +87,9 @@ def average_agg_tanimoto(ref: np.ndarray, gen: np.ndarray, *, agg: str = "max", 
         x = torch.as_tensor(ref[j : j + batch_size], device=device).float()
         for i in range(0, len(gen), batch_size):
             y = torch.as_tensor(gen[i : i + batch_size], device=device).float().T  # (B, g)
-            tp = x @ y
-            jac = (tp / (x.sum(1, keepdim=True) + y.sum(0, keepdim=True) - tp)).cpu().numpy()
-            jac[np.isnan(jac)] = 1
+            tp = x @ y  # (r, g) bits in both
+            union = x.sum(1, keepdim=True) + y.sum(0, keepdim=True) - tp  # (r, g) bits in either
+            jac = tanimoto(tp.cpu().numpy(), union.cpu().numpy(), empty=1.0)
             if p != 1:
                 jac = jac**p
             if agg == "max":

@@ -162,7 +162,7 @@ def reconstruction_metrics(model: Any, dataset: Any, *, n: int, batch_size: int 
     from torch.utils.data import DataLoader, Subset
 
     from vaeflow.modalities.molecule.data import collate_graphs
-    from vaeflow.modalities.molecule.metrics import fingerprints
+    from vaeflow.modalities.molecule.metrics import fingerprints, tanimoto
 
     model.eval()
     device = next(model.parameters()).device
@@ -175,17 +175,16 @@ def reconstruction_metrics(model: Any, dataset: Any, *, n: int, batch_size: int 
     if not decoded:
         return {"recon_accuracy": 0.0, "recon_tanimoto": 0.0, "recon_tanimoto_shuffled": 0.0}
     inputs = dataset.smiles[: len(decoded)]
-    # An unparsable decoding gets an all-zero fingerprint: similarity 0 to anything.
+    # An unparsable decoding gets an all-zero fingerprint: similarity 0 to anything (empty=0.0).
     fp_in, fp_out = (fingerprints([chem.mol_from_smiles(s) or Chem.Mol() for s in group]).astype(bool)
                      for group in (inputs, decoded))
 
-    def tanimoto(a: np.ndarray, b: np.ndarray) -> float:
-        union = (a | b).sum(1)
-        return float(np.mean(np.where(union > 0, (a & b).sum(1) / np.maximum(union, 1), 0.0)))
+    def mean_tanimoto(a: np.ndarray, b: np.ndarray) -> float:  # row i of a against row i of b
+        return float(np.mean(tanimoto((a & b).sum(1), (a | b).sum(1), empty=0.0)))
 
     return {"recon_accuracy": sum(a == b for a, b in zip(inputs, decoded)) / len(decoded),
-            "recon_tanimoto": tanimoto(fp_in, fp_out),
-            "recon_tanimoto_shuffled": tanimoto(fp_in, np.roll(fp_out, 1, axis=0))}
+            "recon_tanimoto": mean_tanimoto(fp_in, fp_out),
+            "recon_tanimoto_shuffled": mean_tanimoto(fp_in, np.roll(fp_out, 1, axis=0))}
 
 
 def evaluation_figures(model: Any, dataset: Any, spec: dict[str, Any], out_dir: Path,
@@ -280,7 +279,13 @@ class MoleculeTask(ModalityTask):
 
 def interpolate(model: Any, spec: dict[str, Any], start: str, end: str, *, steps: int = 8) -> list[dict[str, Any]]:
     """Greedy decodings along the straight line between two molecules' posterior means (and, for a
-    property-conditional model, between their properties)."""
+    property-conditional model, between their properties).
+
+    Raises:
+        ValueError: fewer than 2 steps, or a SMILES cannot be featurised.
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be ≥ 2 (the path includes both molecules), got {steps}")
     mu, cond = encode_smiles(model, [start, end], spec)  # (2, D), (2, P) or None
     t = torch.linspace(0, 1, steps, device=mu.device)[:, None]
     path = (1 - t) * mu[0] + t * mu[1]  # (steps, D)
@@ -296,8 +301,11 @@ def optimize(model: Any, spec: dict[str, Any], start: str, *, prop: str = "QED",
     the decoder was trained; the path is decoded greedily every ``every`` steps.
 
     Raises:
-        ValueError: the model has no property head, or ``prop`` is not one of its properties.
+        ValueError: the model has no property head, ``prop`` is not one of its properties, or
+            ``steps`` < 0 or ``every`` < 1.
     """
+    if steps < 0 or every < 1:
+        raise ValueError(f"steps must be ≥ 0 and every ≥ 1, got steps={steps}, every={every}")
     decoder = model.decoder
     if getattr(decoder, "property_head", None) is None:
         raise ValueError("this model has no property head; train with model.decoder.predict_properties: true")
@@ -311,7 +319,7 @@ def optimize(model: Any, spec: dict[str, Any], start: str, *, prop: str = "QED",
     opt = torch.optim.Adam([z], lr=lr)
     rows = []
     for step in range(steps + 1):
-        pred = decoder.property_head(z)[0, j]
+        pred = decoder.predict_properties(z)[0, j]  # from z alone, also on a conditional model
         if step % every == 0 or step == steps:
             (smiles,) = decode_smiles(model, z.detach(), greedy=True, condition=cond)
             (row,) = property_rows([smiles], None)

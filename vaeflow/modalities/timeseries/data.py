@@ -29,6 +29,7 @@ from vaeflow.modalities.base import ModalityData, ModelInputs
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path
 from vaeflow.registry import DATASETS
+from vaeflow.splits import subset
 
 SPLITS = ("train", "val", "test")
 
@@ -444,12 +445,9 @@ class TimeSeriesData(ModalityData):
             if len(x) == 0:
                 raise SeriesDataError(f"the {split} split has no windows; lower data.window or the split fractions")
         rng = np.random.default_rng(seed)
-        if config.limit_train is not None and config.limit_train < len(splits["train"][0]):
-            keep = np.sort(rng.choice(len(splits["train"][0]), config.limit_train, replace=False))
-            splits["train"] = tuple(a[keep] for a in splits["train"])
-        if config.limit_test is not None and config.limit_test < len(splits["test"][0]):
-            keep = np.sort(rng.choice(len(splits["test"][0]), config.limit_test, replace=False))
-            splits["test"] = tuple(a[keep] for a in splits["test"])
+        for split, limit in (("train", config.limit_train), ("test", config.limit_test)):
+            keep = subset(len(splits[split][0]), limit, rng)
+            splits[split] = tuple(a[keep] for a in splits[split])
         x_train = splits["train"][0]
         channel_names = [raw.channel_names[i] for i in counts["channels_kept"]]
         spec = {

@@ -28,6 +28,9 @@ class Conv1dDecoder(SequenceGaussian):
         z: (N, latent_dim); cond: (N, cond_dim) → params: (N, T, C)
     """
 
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("timeseries",)
+
     def __init__(self, *, input_spec: dict[str, Any], latent_dim: int, cond_dim: int = 0, scale_init: float = 0.1,
                  channels: list[int] = (32, 32, 32), kernel_size: int = 3):
         super().__init__(input_spec["channels"], scale_init)

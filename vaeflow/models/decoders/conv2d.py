@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaeflow.models.distributions import gaussian_log_density
 from vaeflow.models.outputs import DecoderOutput
 from vaeflow.registry import DECODERS
 
@@ -29,6 +30,9 @@ class Conv2dDecoder(nn.Module):
     Shapes:
         z: (N, latent_dim); cond: (N, cond_dim) → params: (N, C, H, W)
     """
+
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("image",)
 
     def __init__(
         self,
@@ -93,8 +97,7 @@ class Conv2dDecoder(nn.Module):
             logits = output.params
             lp = -F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none")
         else:
-            log_sigma = output.scale
-            lp = -0.5 * (((target - output.params) / log_sigma.exp()) ** 2 + 2 * log_sigma + math.log(2 * math.pi))
+            lp = gaussian_log_density(target, output.params, output.scale)
         return lp.flatten(-3).sum(-1)
 
     def mean(self, output: DecoderOutput) -> torch.Tensor:

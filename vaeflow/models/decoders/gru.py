@@ -31,6 +31,9 @@ class GRUDecoder(SequenceGaussian):
         z: (N, latent_dim); cond: (N, cond_dim) → params: (N, T, C)
     """
 
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("timeseries",)
+
     def __init__(self, *, input_spec: dict[str, Any], latent_dim: int, cond_dim: int = 0, scale_init: float = 0.1, hidden: int = 64, layers: int = 1):
         super().__init__(input_spec["channels"], scale_init)
         self.length = input_spec["length"]

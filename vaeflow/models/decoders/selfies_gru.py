@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaeflow.models.distributions import gaussian_log_density
 from vaeflow.models.outputs import DecoderOutput
 from vaeflow.registry import DECODERS
-
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+from vaeflow.tokens import BOS, EOS, PAD, SPECIALS
 
 
 @DECODERS.register("selfies_gru")
@@ -24,6 +24,8 @@ class SelfiesGRUDecoder(nn.Module):
     code that ``generate`` starts from. The likelihood is categorical over tokens (padding after
     ``<eos>`` masked out) times, when ``predict_properties``, a Gaussian over the standardised
     properties (logP, QED, SA, weight) predicted from z by a small head: p(x, y | z) = p(x | z) p(y | z).
+    The head reads z alone, never the condition: a property-conditional model's condition *is* y,
+    and a head that read it would score p(y | z, y), a term it could satisfy without z.
 
     Args:
         input_spec: the data's spec (``vocab`` as a list of strings, ``max_tokens``, ``properties``).
@@ -44,8 +46,11 @@ class SelfiesGRUDecoder(nn.Module):
 
     Shapes:
         z: (N, latent_dim); cond: (N, cond_dim); target.tokens: (N, L) → params: (N, L, V) logits
-        (or (N, latent_dim + cond_dim) without a target); aux: (N, P) property predictions.
+        (or (N, latent_dim + cond_dim) without a target); aux: (N, P) property predictions from z.
     """
+
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("molecule",)
 
     likelihood = "categorical"
 
@@ -81,11 +86,11 @@ class SelfiesGRUDecoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, v)
         n_props = len(input_spec.get("properties", ())) if predict_properties else 0
-        self.property_head = nn.Sequential(nn.Linear(code, hidden), nn.SiLU(), nn.Linear(hidden, n_props)) if n_props else None
+        self.property_head = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, n_props)) if n_props else None
         # Learned log standard deviation of each standardised property.
         self.property_log_scale = nn.Parameter(torch.zeros(n_props)) if n_props else None
         # The first token must be an atom: an opening ring/branch token could decode to an empty molecule.
-        first = torch.tensor([not (t in (PAD, BOS, EOS) or t.startswith(("[Ring", "[Branch", "[=Ring", "[=Branch",
+        first = torch.tensor([not (t in SPECIALS or t.startswith(("[Ring", "[Branch", "[=Ring", "[=Branch",
                                                                           "[#Ring", "[#Branch")))
                               for t in self.vocab])
         self.register_buffer("first_allowed", first, persistent=False)
@@ -108,9 +113,22 @@ class SelfiesGRUDecoder(nn.Module):
     def _h0(self, code: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.init(code)).view(-1, self.layers, self.hidden).transpose(0, 1).contiguous()  # (layers, N, H)
 
+    def predict_properties(self, z: torch.Tensor) -> torch.Tensor:
+        """The property head's standardised predictions from z alone (the condition is not read).
+
+        Shapes:
+            z: (N, latent_dim) → (N, P)
+
+        Raises:
+            ValueError: the decoder was built without a property head.
+        """
+        if self.property_head is None:
+            raise ValueError("this model has no property head; train with model.decoder.predict_properties: true")
+        return self.property_head(z)
+
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None, target: Any = None) -> DecoderOutput:
         code = self._code(z, cond)
-        aux = self.property_head(code) if self.property_head is not None else None
+        aux = self.property_head(z) if self.property_head is not None else None  # z alone: p(y | z)
         if target is None:
             return DecoderOutput(params=code, aux=aux)
         tokens = target.tokens.long()  # (N, L)
@@ -135,9 +153,8 @@ class SelfiesGRUDecoder(nn.Module):
         lp = -F.cross_entropy(logits.flatten(0, -2), tokens.flatten(), reduction="none").view(tokens.shape)
         lp = (lp * (tokens != self.pad)).sum(-1)
         if output.aux is not None and getattr(target, "properties", None) is not None:
-            log_sigma = self.property_log_scale
             y = target.properties.expand_as(output.aux)
-            lp = lp + (-0.5 * (((y - output.aux) / log_sigma.exp()) ** 2 + 2 * log_sigma + math.log(2 * math.pi))).sum(-1)
+            lp = lp + gaussian_log_density(y, output.aux, self.property_log_scale).sum(-1)
         return lp
 
     def mean(self, output: DecoderOutput) -> torch.Tensor:

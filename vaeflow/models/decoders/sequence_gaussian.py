@@ -7,9 +7,8 @@ import math
 import torch
 from torch import nn
 
+from vaeflow.models.distributions import gaussian_log_density
 from vaeflow.models.outputs import DecoderOutput
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class SequenceGaussian(nn.Module):
@@ -51,7 +50,7 @@ class SequenceGaussian(nn.Module):
         mu, log_sigma = output.params, output.scale
         observed = torch.isfinite(target)
         safe = torch.where(observed, target, torch.zeros_like(target))
-        lp = -0.5 * (((safe - mu) / log_sigma.exp()) ** 2 + 2 * log_sigma + _LOG_2PI)
+        lp = gaussian_log_density(safe, mu, log_sigma)
         return (lp * observed).flatten(-2).sum(-1)
 
     def mean(self, output: DecoderOutput) -> torch.Tensor:

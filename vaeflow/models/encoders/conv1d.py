@@ -26,6 +26,9 @@ class Conv1dEncoder(nn.Module):
         x: (N, T, C); cond: (N, cond_dim) → mu, logvar: (N, latent_dim)
     """
 
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("timeseries",)
+
     def __init__(self, *, input_spec: dict[str, Any], latent_dim: int, cond_dim: int = 0,
                  channels: list[int] = (32, 32, 32), kernel_size: int = 3):
         super().__init__()

@@ -26,6 +26,9 @@ class Conv2dEncoder(nn.Module):
         x: (N, C, H, W); cond: (N, cond_dim) → mu, logvar: (N, latent_dim)
     """
 
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("image",)
+
     def __init__(
         self,
         *,

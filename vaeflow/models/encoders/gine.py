@@ -49,6 +49,9 @@ class GINEEncoder(nn.Module):
         batch (M,); cond: (N, cond_dim) → mu, logvar: (N, latent_dim)
     """
 
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("molecule",)
+
     def __init__(
         self,
         *,

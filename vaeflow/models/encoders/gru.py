@@ -26,6 +26,9 @@ class GRUEncoder(nn.Module):
         x: (N, T, C); cond: (N, cond_dim) → mu, logvar: (N, latent_dim)
     """
 
+    # The modalities whose batches this module reads; config validation rejects it for any other.
+    modalities = ("timeseries",)
+
     def __init__(self, *, input_spec: dict[str, Any], latent_dim: int, cond_dim: int = 0, hidden: int = 64, layers: int = 1):
         super().__init__()
         self.gru = nn.GRU(input_spec["channels"], hidden, num_layers=layers, batch_first=True, bidirectional=True)
