@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,20 @@ os.environ.setdefault("VAEFLOW_DATA_CACHE", str(ROOT / "data/raw"))
 # that poll, not training, would set the pace.
 # (Set before any Ray cluster starts, so the controller and the tests' subprocesses inherit it.)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+
+# `git commit` and `dvc exp run` need an identity on machines that have none configured.
+GIT_ENV = {"GIT_AUTHOR_NAME": "vaeflow-test", "GIT_AUTHOR_EMAIL": "test@vaeflow.invalid",
+           "GIT_COMMITTER_NAME": "vaeflow-test", "GIT_COMMITTER_EMAIL": "test@vaeflow.invalid"}
+
+
+def copy_tracked_files(dest: Path) -> Path:
+    """Copy the project's git-tracked files into ``dest`` (the working tree of a fresh repository)."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
 
 
 def tiny_config(tmp: Path, *overrides: str, preset: Path = TINY) -> cfg.ExperimentConfig:

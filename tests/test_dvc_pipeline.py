@@ -12,12 +12,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-
-
-# `dvc exp run` commits to git: give it an identity on machines that have none configured.
-GIT_ENV = {"GIT_AUTHOR_NAME": "vaeflow-test", "GIT_AUTHOR_EMAIL": "test@vaeflow.invalid",
-           "GIT_COMMITTER_NAME": "vaeflow-test", "GIT_COMMITTER_EMAIL": "test@vaeflow.invalid"}
+from tests.conftest import GIT_ENV, ROOT, copy_tracked_files
 
 
 def _run(args: list[str], cwd, timeout: int = 600) -> str:
@@ -38,11 +33,7 @@ def _modalities() -> list[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A copy of the project's tracked files as a fresh git repository, set to the tiny preset."""
-    dest = tmp_path_factory.mktemp("dvc_repo")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, dest / name)
+    dest = copy_tracked_files(tmp_path_factory.mktemp("dvc_repo"))
     # Every modality of the pipeline on its tiny preset (the module under test, not an installed copy),
     # written into params.yaml the way the docs tell users to switch presets.
     for modality in _modalities():

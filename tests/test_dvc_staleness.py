@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import GIT_ENV, copy_tracked_files
 
 MODALITIES = ("image", "timeseries", "molecule")
 ALL = ("prepare", "train", "sample", "evaluate")
@@ -76,9 +75,7 @@ FILE_CHANGES = [
 
 
 def _run(args: list[str], cwd) -> str:
-    env = os.environ | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
-                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ | GIT_ENV)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return proc.stdout
 
@@ -88,11 +85,7 @@ def repo(tmp_path_factory):
     """The project's tracked files in a fresh git + DVC repo, every stage's outputs stand-ins recorded in dvc.lock."""
     from dvc.repo import Repo
 
-    dest = tmp_path_factory.mktemp("staleness")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, dest / name)
+    dest = copy_tracked_files(tmp_path_factory.mktemp("staleness"))
     _run(["git", "init", "-q"], dest)
     with contextlib.chdir(dest), Repo(str(dest)) as repo:  # DVC resolves paths from the working directory
         for stage in repo.index.stages:
