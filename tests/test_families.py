@@ -66,14 +66,14 @@ class L2Autoencoder(Family):
         (opt,) = super().optimizers(model, train_config)
         return [FamilyOptimizer(opt.name, opt.optimizer, torch.optim.lr_scheduler.StepLR(opt.optimizer, 1, gamma=0.999))]
 
-    def sample(self, model, n, *, labels=None, temperature=1.0, generator=None):
+    def sample(self, model, n, *, labels=None, temperature=1.0, generator=None, mean=True):
         device = next(model.parameters()).device
         return self.decode(model, temperature * torch.randn(n, model.latent_dim, generator=generator, device=device))
 
     def encode(self, model, x, labels=None):
         return unwrap(model).encoder(x)
 
-    def decode(self, model, z, labels=None):
+    def decode(self, model, z, labels=None, *, mean=True, generator=None):  # a deterministic decoder: no draws
         return torch.sigmoid(unwrap(model).decoder(z)).reshape(-1, *unwrap(model).shape)
 
 

@@ -20,17 +20,19 @@ from vaeflow.config import ConfigError
 from vaeflow.io import atomic_path
 from vaeflow.modalities.base import ModalityTask
 from vaeflow.modalities.molecule.data import MoleculeData, tokens_to_smiles
+from vaeflow.models.families import family_of
 
 log = logging.getLogger(__name__)
 
 
 def decode_smiles(model: Any, z: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None,
                   condition: torch.Tensor | None = None) -> list[str]:
-    """Decode latent codes into SMILES. Shapes: z (N, latent_dim); condition (N, P) standardised
-    properties, for a property-conditional model only."""
+    """Decode latent codes into SMILES through the family's ``decode``: greedy, or sampled tokens.
+    Shapes: z (N, latent_dim); condition (N, P) standardised properties, for a property-conditional
+    model only."""
     with torch.no_grad():
-        tokens = model.decoder.generate(model.decode(z, condition), generator, mean=greedy)
-    return tokens_to_smiles(tokens.cpu(), model.decoder.vocab)
+        tokens = family_of(model).decode(model, z, condition, mean=greedy, generator=generator)
+    return tokens_to_smiles(tokens.cpu(), model.input_spec["vocab"])
 
 
 def encode_smiles(model: Any, smiles: Sequence[str], spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -40,12 +42,11 @@ def encode_smiles(model: Any, smiles: Sequence[str], spec: dict[str, Any]) -> tu
     Raises:
         ValueError: a SMILES cannot be featurised; the message names it and why.
     """
-    
     device = next(model.parameters()).device
     batch = MoleculeData().encoder_input(list(smiles), spec).to(device)
     condition = batch.properties if model.conditional else None
     with torch.no_grad():
-        return model.encode(batch, condition).mu, condition
+        return family_of(model).encode(model, batch, condition), condition
 
 
 def sample_conditions(model: Any, spec: dict[str, Any], targets: dict[str, float], n: int, *,
@@ -129,12 +130,13 @@ def write_samples(data: MoleculeData, model: Any, config: Any, paths: Any, out_d
         train = data.load(paths.processed, "train").props
         condition = sample_conditions(model, model.input_spec, targets, n, generator=generator, train_properties=train)
     smiles: list[str] = []
-    device = next(model.parameters()).device
+    family = family_of(model)
     for start in range(0, n, batch):
         m = min(batch, n - start)
-        z = config.sample.temperature * torch.randn(m, model.latent_dim, generator=generator, device=device)
         c = None if condition is None else condition[start : start + m]
-        smiles += decode_smiles(model, z, greedy=False, generator=generator, condition=c)
+        # Sampled tokens (mean=False), not greedy ones: greedy decoding of prior draws repeats itself.
+        tokens = family.sample(model, m, labels=c, temperature=config.sample.temperature, generator=generator, mean=False)
+        smiles += tokens_to_smiles(tokens.cpu(), model.input_spec["vocab"])
     from vaeflow.modalities.molecule.data import novelty_reference
 
     train = novelty_reference(config.data.dataset)
@@ -171,7 +173,7 @@ def reconstruction_metrics(model: Any, dataset: Any, *, n: int, batch_size: int 
     for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate_graphs):
         batch = batch.to(device)
         condition = batch.properties if model.conditional else None
-        decoded += decode_smiles(model, model.encode(batch, condition).mu, greedy=True, condition=condition)
+        decoded += decode_smiles(model, family_of(model).encode(model, batch, condition), greedy=True, condition=condition)
     if not decoded:
         return {"recon_accuracy": 0.0, "recon_tanimoto": 0.0, "recon_tanimoto_shuffled": 0.0}
     inputs = dataset.smiles[: len(decoded)]

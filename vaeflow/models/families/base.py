@@ -108,16 +108,20 @@ class Family(abc.ABC):
 
     @abc.abstractmethod
     def sample(self, model: nn.Module, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Any:
-        """``n`` generated examples in the decoder's output form (e.g. an image tensor)."""
+               generator: torch.Generator | None = None, mean: bool = True) -> Any:
+        """``n`` generated examples in the decoder's output form (e.g. an image tensor): the decoder's
+        mean for each latent draw, or (``mean=False``) a draw from the likelihood too (e.g. sampled
+        SELFIES tokens instead of greedy ones)."""
 
     @abc.abstractmethod
     def encode(self, model: nn.Module, x: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Deterministic latent codes of encoder inputs ``x``. Shapes: → (N, latent_dim)."""
 
     @abc.abstractmethod
-    def decode(self, model: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        """The decoder's mean output for latent codes ``z``. Shapes: z (N, latent_dim)."""
+    def decode(self, model: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, *, mean: bool = True,
+               generator: torch.Generator | None = None) -> Any:
+        """The decoder's mean output for latent codes ``z``, or (``mean=False``) a draw from the
+        likelihood with ``generator``. Shapes: z (N, latent_dim)."""
 
     def reconstruct(self, model: nn.Module, x: Any, labels: torch.Tensor | None = None) -> Any:
         """Decode the codes of ``x``: the reconstruction the pyfunc model and figures show."""

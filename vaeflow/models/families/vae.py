@@ -53,16 +53,18 @@ class VAEFamily(Family):
 
     @torch.no_grad()
     def sample(self, model: nn.Module, n: int, *, labels: torch.Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Any:
-        return model.sample(n, generator=generator, labels=labels, temperature=temperature)
+               generator: torch.Generator | None = None, mean: bool = True) -> Any:
+        return model.sample(n, generator=generator, labels=labels, temperature=temperature, mean=mean)
 
     def encode(self, model: nn.Module, x: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior means. Shapes: → (N, latent_dim)."""
         return model.encode(x, labels).mu
 
-    def decode(self, model: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        """The decoder's mean (Bernoulli/Gaussian means; greedy tokens for sequence decoders)."""
-        return model.decoder.mean(model.decode(z, labels))
+    def decode(self, model: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, *, mean: bool = True,
+               generator: torch.Generator | None = None) -> Any:
+        """The decoder's mean (Bernoulli/Gaussian means; greedy tokens for sequence decoders), or a draw."""
+        out = model.decode(z, labels)
+        return model.decoder.mean(out) if mean else model.decoder.generate(out, generator, mean=False)
 
     @torch.no_grad()
     def log_likelihood(self, model: nn.Module, inputs: Any, *, k: int, generator: torch.Generator | None = None,
