@@ -60,6 +60,9 @@ FILE_CHANGES = [
     ("vaeflow/modalities/image/data.py", _stale(*ALL)),
     ("vaeflow/modalities/image/task.py", _stale("sample", "evaluate")),
     ("vaeflow/idx.py", _stale("prepare")),
+    ("vaeflow/splits.py", _all_modalities("prepare")),
+    # The SELFIES vocabulary's special tokens; the decoder is part of every later molecule stage.
+    ("vaeflow/models/decoders/selfies_gru.py", _all_modalities("train", "sample", "evaluate") | _stale("prepare", modality="molecule")),
     ("vaeflow/modalities/timeseries/metrics.py", _stale("evaluate", modality="timeseries")),
     ("vaeflow/modalities/timeseries/anomaly.py", set()),
     ("vaeflow/training/ray.py", _all_modalities("train")),

@@ -37,8 +37,8 @@ from vaeflow.modalities.base import ModalityData, ModelInputs, ServingRows
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path
 from vaeflow.registry import DATASETS
+from vaeflow.models.decoders.selfies_gru import EOS, PAD, SPECIALS
 from vaeflow.splits import subset
-from vaeflow.tokens import EOS, PAD, SPECIALS
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,11 @@ from torch import nn
 from vaeflow.models.distributions import gaussian_log_density
 from vaeflow.models.outputs import DecoderOutput
 from vaeflow.registry import DECODERS
-from vaeflow.tokens import BOS, EOS, PAD, SPECIALS
+
+# The special tokens at the start of every SELFIES vocabulary (ids 0, 1, 2, in this order): the
+# molecule data side builds its vocabulary around them and decodes tokens with them.
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIALS = (PAD, BOS, EOS)
 
 
 @DECODERS.register("selfies_gru")
