@@ -63,6 +63,8 @@ def ray_head(tmp_path):
         proc.wait()
 
 
+# About 50 s (a real `ray start` head, a job through the job API, MLflow): -m slow.
+@pytest.mark.slow
 def test_submit_a_training_job_to_a_local_head(ray_head, tiny_data, tmp_path):
     address, env = ray_head
     workdir = tmp_path / "wd"

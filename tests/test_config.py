@@ -227,7 +227,8 @@ def test_anomaly_k_comes_from_the_current_config_not_the_checkpoint(tmp_path, ca
     data = tmp_path / "series.csv"
     data.write_text("a,b\n" + "\n".join(f"{i % 5 / 5},{i % 3 / 3}" for i in range(30)) + "\n")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"timeseries": {"evaluate": {"anomaly_k": 3}}}))
+    section = cfg.params_entry(cfg.load(TS_TINY, overrides=["evaluate.anomaly_k=3"]))  # a whole section, as vaeflow params writes
+    params.write_text(yaml.safe_dump({"timeseries": section}))
 
     def k(*extra):
         assert cli.main(["anomaly", str(data), "--model", str(model), "--params", str(params), *extra]) == 0

@@ -47,6 +47,8 @@ def _kill_a_worker_after_first_checkpoint(run_dir, killed: list[int], errors: li
         killed.append(pid)
 
 
+# About 60 s (two fits and a worker group restart): -m slow, which CI runs after the default suite.
+@pytest.mark.slow
 def test_killed_worker_restarts_the_group_and_resumes_exactly(tmp_path, processed, ray_cluster):
     epochs = 6
     # A checkpoint at step 4 of each 8-step epoch as well: the kill lands inside epoch 1 and the
@@ -89,6 +91,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
     assert _checkpoint_epochs(tmp_path / "ray_results/nan") == [1]
 
 
+# About 95 s (a driver killed mid-run, then the same command again): -m slow.
+@pytest.mark.slow
 def test_killed_driver_then_same_command_resumes_the_same_run(project, tmp_path):
     """SIGKILL the `vaeflow train` process (and the local Ray it started) after its first checkpoint,
     run the same command again: the same Ray run and the same MLflow run continue."""
