@@ -10,6 +10,8 @@ import pytest
 from bench import overhead
 
 
+# About 50 s (Ray Train fits at tiny sizes, side by side with a bare loop): -m slow.
+@pytest.mark.slow
 def test_overhead_bench_runs_and_writes_its_table(ray_cluster, tmp_path):
     out = tmp_path / "overhead.json"
     overhead.main(["--modality", "image", "--preset", "tiny", "--epochs", "2", "--train-limit", "256",

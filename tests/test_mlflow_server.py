@@ -31,6 +31,11 @@ def _get(base: str, endpoint: str, **query: str) -> dict:
         return json.loads(resp.read())
 
 
+# A real tracking server, a training job logged to it and the UI in Chromium: about 75 s in all,
+# so -m slow (CI runs it after the default suite).
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with one worker, a SQLite backend and a local (proxied) artifact root."""
