@@ -72,9 +72,22 @@ def require_positive(section: str, **values: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """What every modality's data section has: the registered data set it prepares."""
+    """What every modality's data section has: where its data come from.
+
+    ``source: dataset`` prepares the registered public data set named by ``dataset``;
+    ``source: files`` reads your own file (or folder) at ``path`` instead (docs/<modality>.md lists
+    the formats). Under DVC, keep that file in ``data/raw/<modality>/`` and ``dvc add`` it: that
+    folder is a dependency of the ``prepare`` stage, so a changed file reruns it.
+    """
 
     dataset: str = ""
+    source: Literal["dataset", "files"] = "dataset"
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.source != "files" or bool(self.path),
+                "data.source is files but data.path is not set; set data.path to your file, e.g. "
+                "data/raw/<modality>/<file>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,6 +461,6 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(str(exc)) from None
     # One DATASETS registry serves every modality: only this modality's kind of source is allowed.
     own = sorted(name for name, source in registry.DATASETS.items() if isinstance(source, m.dataset_type))
-    require(config.data.dataset in own,
+    require(config.data.source == "files" or config.data.dataset in own,
             f"data.dataset: unknown {config.modality} data set {config.data.dataset!r}; allowed: {', '.join(own)}")
     require_positive("model", latent_dim=config.model.latent_dim)

@@ -19,6 +19,7 @@ class MoleculeDataConfig(DataConfig):
     limit_test: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.val_size >= 0, f"data.val_size must be ≥ 0, got {self.val_size}")
         for key in ("limit_train", "limit_test"):
             value = getattr(self, key)

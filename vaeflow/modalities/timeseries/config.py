@@ -43,6 +43,7 @@ class TimeSeriesDataConfig(DataConfig):
     limit_test: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.window is None or self.window >= 2,
                 f"data.window must be ≥ 2 time steps (or null for whole series), got {self.window}")
         require_positive("data", stride=self.stride)
