@@ -176,9 +176,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vaeflow.idx import IdxFormatError
     from vaeflow.modalities.timeseries.data import SeriesDataError
     from vaeflow.registry import RegistryError
+    from vaeflow.tables import TableError
 
     errors: list[type[BaseException]] = [cfg.ConfigError, RegistryError, DataNotFoundError, IdxFormatError,
-                                         FileNotFoundError, JobFailed, SeriesDataError]
+                                         FileNotFoundError, JobFailed, SeriesDataError, TableError]
     try:
         from vaeflow.training.ray import TrainingError
 
