@@ -9,6 +9,7 @@ only once the changed stage's outputs change, which ``dvc status`` does not gues
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import GIT_ENV, copy_tracked_files
+from vaeflow import tracking
 
 MODALITIES = ("image", "timeseries", "molecule")
 ALL = ("prepare", "train", "sample", "evaluate")
@@ -143,3 +145,42 @@ def test_a_code_change_marks_exactly_the_stages_that_run_it(repo, name, expected
         assert _status(repo) == expected
     finally:
         path.write_bytes(original)
+
+
+def test_a_users_data_file_reruns_prepare_only_when_it_changes(repo):
+    """Your own file in data/raw/<modality>/, tracked with `dvc add`: prepare reads that folder."""
+    raw = repo / "data" / "raw" / "molecule"
+    added = [raw / "mols.csv", raw / "mols.csv.dvc", raw / ".gitignore"]
+    try:
+        (raw / "mols.csv").write_text("smiles,pIC50\nCCO,5.0\n")
+        _run(["dvc", "add", "-q", "data/raw/molecule/mols.csv"], repo)
+        assert _status(repo) == _stale("prepare", modality="molecule")
+        _run(["dvc", "commit", "-q", "-f", "prepare@molecule"], repo)
+        assert _status(repo) == set()  # unchanged: nothing to run
+        _run(["dvc", "add", "-q", "data/raw/molecule/mols.csv"], repo)  # re-adding the same content
+        assert _status(repo) == set()
+        (raw / "mols.csv").write_text("smiles,pIC50\nCCO,5.0\nCCN,6.0\n")
+        _run(["dvc", "add", "-q", "data/raw/molecule/mols.csv"], repo)
+        assert _status(repo) == _stale("prepare", modality="molecule")
+        # What the MLflow run records of it: DVC's md5 (that of the bytes) and their sha256.
+        tags = tracking.source_tags(raw / "mols.csv")
+        content = (raw / "mols.csv").read_bytes()
+        assert tags["dvc.source_md5"] == hashlib.md5(content).hexdigest()
+        assert tags["vaeflow.source_sha256"] == hashlib.sha256(content).hexdigest()
+    finally:
+        for path in added:
+            path.unlink(missing_ok=True)
+        _run(["dvc", "commit", "-q", "-f", "prepare@molecule"], repo)
+
+
+def test_under_dvc_a_users_file_outside_data_raw_stops_prepare(tmp_path, monkeypatch, capsys):
+    """DVC would never rerun prepare for a file it does not track: one line says where to put it."""
+    from vaeflow.cli import main
+
+    monkeypatch.setenv("DVC_STAGE", "prepare@molecule")  # what `dvc repro` sets for a stage's command
+    (tmp_path / "mols.csv").write_text("smiles\nCCO\n")
+    rc = main(["prepare", "--modality", "molecule", "--preset", "configs/molecule/quick.yaml", "--root", str(tmp_path),
+               "--set", "data.source=files", "--set", f"data.path={tmp_path / 'mols.csv'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert f"is outside {tmp_path}/data/raw/molecule/" in err and "dvc add" in err

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class Paths:
     """Where a modality's stages read and write (the dvc.yaml deps and outs)."""
 
+    raw: Path  # your own data files (data.source: files), each added with `dvc add`
     processed: Path
     model: Path
     samples: Path
@@ -43,6 +44,7 @@ class Paths:
     def for_modality(cls, modality: str, root: str | Path = ".") -> Paths:
         root = Path(root)
         return cls(
+            raw=root / "data/raw" / modality,
             processed=root / "data/processed" / modality,
             model=root / "models" / modality,
             samples=root / "samples" / modality,
@@ -59,7 +61,19 @@ def _device(config: ExperimentConfig) -> torch.device:
     return torch.device("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
 
 
+def _check_tracked_source(config: ExperimentConfig, paths: Paths) -> None:
+    """Your own data file must sit in the folder the DVC ``prepare`` stage depends on, when DVC runs
+    the stage: elsewhere, a change to it would never rerun ``prepare``."""
+    if config.data.source != "files" or not os.environ.get("DVC_STAGE"):
+        return
+    source, raw = Path(config.data.path).resolve(), paths.raw.resolve()
+    if not source.is_relative_to(raw):
+        raise ConfigError(f"data.path {config.data.path} is outside {paths.raw}/, which DVC's prepare stage "
+                          f"tracks; move it there and `dvc add` it (e.g. dvc add {paths.raw}/{source.name})")
+
+
 def prepare(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
+    _check_tracked_source(config, paths)
     counts = _modality(config).data.prepare(config.data, config.seed, paths.processed, progress=progress)
     write_json(paths.metrics / "prepare.json", counts)
     return counts

@@ -85,10 +85,15 @@ def content_hash(path: str | Path) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_bytes(h, f)
     return h.hexdigest()
+
+
+def _hash_bytes(h: Any, path: Path) -> Any:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h
 
 
 def dvc_out_hash(path: str | Path, lockfile: str | Path = "dvc.lock") -> str | None:
@@ -105,6 +110,35 @@ def dvc_out_hash(path: str | Path, lockfile: str | Path = "dvc.lock") -> str | N
     return None
 
 
+def dvc_added_hash(path: str | Path) -> str | None:
+    """The md5 that ``dvc add`` recorded for ``path`` (a file, or a folder: ``….dir``) in
+    ``<path>.dvc``, if it was added."""
+    dvc_file = Path(f"{Path(path).as_posix().rstrip('/')}.dvc")
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+    return outs[0].get("md5") if outs else None
+
+
+def source_tags(path: str | Path) -> dict[str, str]:
+    """Lineage of a user's own data file (``data.source: files``): its path, content sha256, and the
+    DVC md5 of ``dvc add`` when it was added."""
+    tags = {"vaeflow.source_path": str(path)}
+    if not Path(path).exists():
+        log.warning("data.path %s is gone since prepare; the run records no hash of it", path)
+        return tags
+    if Path(path).is_dir():
+        tags["vaeflow.source_sha256"] = content_hash(path)
+    else:  # what `sha256sum` prints for it
+        tags["vaeflow.source_sha256"] = _hash_bytes(hashlib.sha256(), Path(path)).hexdigest()
+    md5 = dvc_added_hash(path)
+    if md5:
+        tags["dvc.source_md5"] = md5
+    else:
+        log.warning("%s is not tracked by DVC (no %s.dvc): `dvc add` it so its version is recorded", path, path)
+    return tags
+
+
 def lineage_tags(config: ExperimentConfig, processed_dir: str | Path) -> dict[str, str]:
     commit = git_commit()
     tags = {
@@ -118,6 +152,9 @@ def lineage_tags(config: ExperimentConfig, processed_dir: str | Path) -> dict[st
     dvc_md5 = dvc_out_hash(processed_dir)
     if dvc_md5:
         tags["dvc.data_md5"] = dvc_md5
+    if config.data.source == "files":
+        tags |= source_tags(config.data.path)
+        tags["vaeflow.dataset"] = "files"
     return tags
 
 
