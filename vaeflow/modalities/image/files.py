@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -222,19 +224,21 @@ def _as_uint8(x: np.ndarray, path: Path) -> np.ndarray:
 def read_array(path: Path, config: Any) -> UserImages:
     """An ``.npy`` array, or an ``.npz`` with images under ``images`` / ``x`` and optional labels under
     ``labels`` / ``y``; images of shape (N, H, W) or (N, H, W, C) with C = 1, 3 (or 4 with data.alpha: drop)."""
+    labels = None
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ConfigError(f"{path}: not a readable {path.suffix} file ({str(exc).splitlines()[0]}); "
+        if isinstance(loaded, np.ndarray):
+            x = loaded
+        else:
+            with loaded as arrays:
+                x = arrays[_array_key(arrays, IMAGE_KEYS, path, "image", required=True)]
+                key = _array_key(arrays, LABEL_KEYS, path, "label", required=False)
+                labels = None if key is None else arrays[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: not a readable {path.suffix} file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                           "save it with numpy.save / numpy.savez") from None
-    labels = None
-    if isinstance(loaded, np.ndarray):
-        x = loaded
-    else:
-        with loaded as arrays:
-            x = arrays[_array_key(arrays, IMAGE_KEYS, path, "image", required=True)]
-            key = _array_key(arrays, LABEL_KEYS, path, "label", required=False)
-            labels = None if key is None else arrays[key]
     if x.ndim == 3:
         x = x[..., None]  # (N, H, W) → (N, H, W, 1)
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or len(x) == 0:
