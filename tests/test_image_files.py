@@ -297,14 +297,15 @@ def test_rgb_with_binarize_is_one_line_and_keeps_the_previous_output(tmp_path):
 # --- models at the sizes users bring ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "discretized_logistic"])
+@pytest.mark.parametrize("likelihood, scale", [("bernoulli", "channel"), ("gaussian", "channel"), ("gaussian", "pixel"),
+                                               ("discretized_logistic", "channel"), ("discretized_logistic", "pixel")])
 @pytest.mark.parametrize("c, h, w", [(1, 28, 28), (3, 32, 32), (3, 64, 64)])
-def test_encoder_and_decoder_take_channels_and_size_from_the_spec(c, h, w, likelihood):
+def test_encoder_and_decoder_take_channels_and_size_from_the_spec(c, h, w, likelihood, scale):
     spec = {"channels": c, "height": h, "width": w, "num_classes": 0}
     torch.manual_seed(0)
+    decoder = {"channels": [8, 4], "hidden": 16, "likelihood": likelihood, "scale": scale}
     model = build_model(ModelConfig(latent_dim=4, encoder=ModuleSpec("conv2d", {"channels": [4, 8], "hidden": 16}),
-                                    decoder=ModuleSpec("conv2d", {"channels": [8, 4], "hidden": 16, "likelihood": likelihood})),
-                        spec)
+                                    decoder=ModuleSpec("conv2d", decoder)), spec)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (3, c, h, w), generator=g).float() / 255
     out = model(x, None, target=x, generator=g)
@@ -312,6 +313,8 @@ def test_encoder_and_decoder_take_channels_and_size_from_the_spec(c, h, w, likel
     assert model.decoder.mean(out.decoded).shape == (3, c, h, w)
     lp = model.decoder.log_prob(out.decoded, x)
     assert lp.shape == (3,) and torch.isfinite(lp).all()
+    if likelihood != "bernoulli":
+        assert out.decoded.scale.shape == ((3, c, h, w) if scale == "pixel" else (1, c, 1, 1))
     drawn = model.decoder.generate(out.decoded, g, mean=False)
     assert drawn.shape == (3, c, h, w) and drawn.min() >= 0 and drawn.max() <= 1
     if likelihood == "discretized_logistic":
@@ -362,6 +365,11 @@ def test_bits_per_dim():
     assert make("gaussian").bits_per_dim(-d * math.log(255)) == pytest.approx(0.0, abs=1e-9)
     assert make("gaussian").bits_per_dim(0.0) == pytest.approx(math.log2(255))
     assert make("bernoulli").bits_per_dim(100.0) is None
+
+
+def test_pixel_scales_need_a_likelihood_with_a_scale():
+    with pytest.raises(ValueError, match="scale: pixel"):
+        build_model(ModelConfig(decoder=ModuleSpec("conv2d", {"scale": "pixel"})), {"channels": 1, "height": 8, "width": 8})
 
 
 # --- the whole pipeline on the RGB examples -------------------------------------------------------------

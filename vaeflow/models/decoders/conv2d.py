@@ -30,6 +30,9 @@ class Conv2dDecoder(nn.Module):
             integrated over each of the 256 bins of an 8-bit value, as in Kingma et al. 2016 and
             PixelCNN++, Salimans et al. 2017: a probability mass, so its NLL is an exact code
             length; the one for 8-bit RGB or grey photos).
+        scale: ``channel``: one learned scale per channel (the default); ``pixel``: the network also
+            outputs a log scale per sub-pixel, added to the per-channel one (sharper likelihoods where
+            the image is predictable; Gaussian and discretised logistic only).
 
     Shapes:
         z: (N, latent_dim); cond: (N, cond_dim) → params: (N, C, H, W)
@@ -47,6 +50,7 @@ class Conv2dDecoder(nn.Module):
         channels: list[int] = (64, 32),
         hidden: int = 256,
         likelihood: Literal["bernoulli", "gaussian", "discretized_logistic"] = "bernoulli",
+        scale: Literal["channel", "pixel"] = "channel",
     ):
         super().__init__()
         c, h, w = input_spec["channels"], input_spec["height"], input_spec["width"]
@@ -56,7 +60,10 @@ class Conv2dDecoder(nn.Module):
                 f"image size {h}x{w} is not divisible by 2^{len(channels)}; use fewer decoder channels"
             )
         self.start = (channels[0], h // stride, w // stride)
+        if scale == "pixel" and likelihood == "bernoulli":
+            raise ValueError("scale: pixel needs a likelihood with a scale (gaussian or discretized_logistic)")
         self.likelihood = likelihood
+        self.per_pixel = scale == "pixel"
         self.fc = nn.Sequential(
             nn.Linear(latent_dim + cond_dim, hidden),
             nn.SiLU(),
@@ -64,7 +71,7 @@ class Conv2dDecoder(nn.Module):
             nn.SiLU(),
         )
         blocks: list[nn.Module] = []
-        outs = [*channels[1:], c]
+        outs = [*channels[1:], 2 * c if self.per_pixel else c]  # pixel scales: means, then log scales
         for i, (cin, cout) in enumerate(zip(channels, outs)):
             blocks.append(nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1))
             if i < len(channels) - 1:
@@ -93,7 +100,12 @@ class Conv2dDecoder(nn.Module):
         params = self.deconv(h)
         if self.log_scale is None:
             return DecoderOutput(params=params)
-        return DecoderOutput(params=torch.sigmoid(params), scale=self.log_scale.view(1, -1, 1, 1))
+        log_scale = self.log_scale.view(1, -1, 1, 1)
+        if self.per_pixel:
+            params, offset = params.chunk(2, dim=1)  # (N, 2C, H, W) → 2 × (N, C, H, W)
+            # Bounded, so one confident pixel cannot send its log-likelihood to ±∞ early in training.
+            log_scale = log_scale + 3.0 * torch.tanh(offset / 3.0)
+        return DecoderOutput(params=torch.sigmoid(params), scale=log_scale)
 
     def log_prob(self, output: DecoderOutput, target: torch.Tensor) -> torch.Tensor:
         """log p(target | z), summed over pixels.
