@@ -319,6 +319,11 @@ def test_encoder_and_decoder_take_channels_and_size_from_the_spec(c, h, w, likel
     assert drawn.shape == (3, c, h, w) and drawn.min() >= 0 and drawn.max() <= 1
     if likelihood == "discretized_logistic":
         assert torch.equal(drawn, torch.round(drawn * 255) / 255)  # draws are 8-bit values
+    # k posterior samples at once (as the IWAE bound decodes them): one log-likelihood per sample and image.
+    zk = torch.randn(5, 3, 4, generator=g)
+    folded = model.decode(zk)
+    lp_k = model.decoder.log_prob(folded, x)
+    assert lp_k.shape == (5, 3) and torch.allclose(lp_k[2], model.decoder.log_prob(model.decode(zk[2]), x), atol=1e-3)
 
 
 # --- the discretised logistic and bits/dim ------------------------------------------------------------
