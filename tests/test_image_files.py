@@ -412,3 +412,23 @@ def test_rgb_photos_train_sample_and_evaluate_through_the_cli(tmp_path, monkeypa
     assert r.data.params["train.num_workers"] == "2" and r.data.params["data.source"] == "files"
     assert r.data.metrics["test_bits_per_dim_iwae"] == pytest.approx(ev["test_bits_per_dim_iwae"])
     assert len(client.get_metric_history(r.info.run_id, "val_neg_elbo")) == 3
+
+
+def test_train_and_test_subfolders_keep_their_split(tmp_path):
+    folder = tmp_path / "photos"
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in ("cat", "dog"):
+            (folder / split / cls).mkdir(parents=True)
+            for i in range(n):
+                value = {"train": 10, "test": 200}[split] + (cls == "dog")
+                Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(folder / split / cls / f"{i}.png")
+    counts, processed = _prepare(tmp_path, folder)
+    assert (counts["n_train"], counts["n_val"], counts["n_test"]) == (11, 1, 6)  # val: 0.1 of train's 12
+    test = np.load(processed / "test.npz")
+    assert (test["x"] >= 200).all() and sorted(test["y"].tolist()) == [0, 0, 0, 1, 1, 1]
+    assert (np.load(processed / "val.npz")["x"] < 200).all()
+    assert json.loads((processed / "spec.json").read_text())["class_names"] == ["cat", "dog"]
+    (folder / "test" / "bird").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "test" / "bird" / "0.png")
+    with pytest.raises(cfg.ConfigError, match="'bird' is not in"):
+        _prepare(tmp_path / "2", folder)

@@ -146,13 +146,25 @@ def prepare_files(config: DataConfig, seed: int, out_dir: Path) -> dict[str, Any
     if found.x.shape[1] == 3 and config.binarize:
         raise ConfigError(f"data.path {config.path} holds RGB images but data.binarize is true (binarisation is for "
                           "grey images); set data.binarize: false and model.decoder.likelihood: discretized_logistic")
-    n = len(found.y)
-    n_val, n_test = (max(1, round(f * n)) for f in (config.val_fraction, config.test_fraction))
-    if n - n_val - n_test < 1:
-        raise ConfigError(f"data.path {config.path}: {n} usable images are too few for a train, val and test split "
-                          f"(val {n_val}, test {n_test}); add images or lower data.val_fraction / data.test_fraction")
-    order = np.random.default_rng(seed).permutation(n)
-    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    rng = np.random.default_rng(seed)
+    if found.split is None:
+        n = len(found.y)
+        n_val, n_test = (max(1, round(f * n)) for f in (config.val_fraction, config.test_fraction))
+        if n - n_val - n_test < 1:
+            raise ConfigError(f"data.path {config.path}: {n} usable images are too few for a train, val and test split "
+                              f"(val {n_val}, test {n_test}); add images or lower data.val_fraction / data.test_fraction")
+        order = rng.permutation(n)
+        parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    else:  # the folder's own train/ (val/) test/ split; without val/, data.val_fraction of train is held out
+        parts = {split: np.flatnonzero(found.split == split) for split in SPLITS}
+        if not len(parts["val"]):
+            train = rng.permutation(parts["train"])
+            n_val = max(1, round(config.val_fraction * len(train)))
+            parts["val"], parts["train"] = train[:n_val], train[n_val:]
+        empty = [split for split in SPLITS if not len(parts[split])]
+        if empty:
+            raise ConfigError(f"data.path {config.path}: no usable images in its {empty[0]} split; add images there "
+                              "(see rejects in the quarantine reasons) or lower data.val_fraction")
     splits = {split: (found.x[np.sort(parts[split])], found.y[np.sort(parts[split])]) for split in SPLITS}
     spec = _spec("files", found.x, found.class_names, len(found.class_names) if found.labelled else 0)
     spec["path"] = str(config.path)

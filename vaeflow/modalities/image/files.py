@@ -37,6 +37,8 @@ _GREY = {"1", "L", "LA", "La"}
 _COLOUR = {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "YCbCr"}
 _ALPHA = {"RGBA", "RGBa", "LA", "La", "PA"}
 _DEEP = ("I", "F")  # I, I;16, I;16B, I;16L, I;16N, F
+# Subfolders that name splits rather than classes (when train and test are both there).
+SPLIT_DIRS = ("train", "val", "test")
 # npz keys, in order of preference.
 IMAGE_KEYS = ("images", "x")
 LABEL_KEYS = ("labels", "y")
@@ -64,6 +66,8 @@ class UserImages:
     class_names: list[str]
     labelled: bool
     rejects: list[Reject]
+    # The split of each image where the folder gave one (train/ and test/ subfolders), else None.
+    split: np.ndarray | None = None
 
 
 def _resample() -> Any:
@@ -142,30 +146,57 @@ def _resolve_mode(config: Any, pixels: list[np.ndarray]) -> str:
     return "RGB" if any(p.ndim == 3 for p in pixels) else "L"
 
 
-def read_folder(root: Path, config: Any) -> UserImages:
-    """A folder of image files: class subfolders (sorted) become labels; no subfolders, unlabelled."""
-    entries = sorted(root.iterdir())
-    classes = [e.name for e in entries if e.is_dir()]
+def _class_files(folder: Path, classes: list[str], root: Path) -> tuple[list[tuple[Path, int]], list[Reject]]:
+    """The files of one folder: those in each class subfolder (any depth) under its index, or, without
+    classes, those directly in it; files beside the class folders are quarantined (they have no class)."""
+    if not classes:
+        return [(e, 0) for e in sorted(folder.iterdir()) if e.is_file()], []
     files: list[tuple[Path, int]] = []
+    for i, name in enumerate(classes):
+        if not (folder / name).is_dir():
+            continue  # a split may lack a class the training split has
+        found = sorted(p for p in (folder / name).rglob("*") if p.is_file())
+        if not found:
+            raise ConfigError(f"{folder / name}: class folder '{name}' holds no files; add images to it or remove it")
+        files += [(p, i) for p in found]
+    rejects = [Reject(e.relative_to(root).as_posix(), "not_image",
+                      "a file beside the class folders has no class; move it into one of them")
+               for e in sorted(folder.iterdir()) if e.is_file()]
+    return files, rejects
+
+
+def read_folder(root: Path, config: Any) -> UserImages:
+    """A folder of image files: class subfolders (sorted) become labels; no subfolders, unlabelled.
+
+    A folder holding exactly ``train/`` and ``test/`` (and optionally ``val/``) keeps that split: the
+    class subfolders of ``train/`` name the classes, and the other splits may only use those.
+    """
+    entries = sorted(root.iterdir())
+    dirs = [e.name for e in entries if e.is_dir()]
+    split_dirs = {"train", "test"} <= set(dirs) and set(dirs) <= set(SPLIT_DIRS)
+    tops = [(root / d, d) for d in SPLIT_DIRS if d in dirs] if split_dirs else [(root, None)]
+    classes = sorted(e.name for e in (root / "train").iterdir() if e.is_dir()) if split_dirs else dirs
+    files: list[tuple[Path, int, str | None]] = []
     rejects: list[Reject] = []
-    if classes:
-        for i, name in enumerate(classes):
-            found = sorted(p for p in (root / name).rglob("*") if p.is_file())
-            if not found:
-                raise ConfigError(f"{root / name}: class folder '{name}' holds no files; add images to it or remove it")
-            files += [(p, i) for p in found]
-        for e in entries:  # a file beside the class folders belongs to no class
-            if e.is_file():
-                rejects.append(Reject(e.name, "not_image", "a file beside the class folders has no class; "
-                                      "move it into one of them"))
-    else:
-        files = [(e, 0) for e in entries if e.is_file()]
+    for folder, split in tops:
+        if split_dirs:
+            extra = sorted({e.name for e in folder.iterdir() if e.is_dir()} - set(classes))
+            if extra:
+                raise ConfigError(f"{folder}: class folder '{extra[0]}' is not in {root / 'train'} (classes: "
+                                  f"{', '.join(classes) or 'none'}); every class needs training images")
+        found, stray = _class_files(folder, classes, root)
+        files += [(p, label, split) for p, label in found]
+        rejects += stray
+    if split_dirs:
+        rejects += [Reject(e.name, "not_image", "a file beside train/ and test/ belongs to no split; move it into one")
+                    for e in entries if e.is_file()]
     if not files:
         raise ConfigError(f"data.path {root} is an empty folder; put your images in it (one subfolder per class), "
                           "e.g. cp -r examples/image/photos data/raw/image/")
     pixels: list[np.ndarray] = []
     labels: list[int] = []
-    for path, label in files:
+    splits: list[str | None] = []
+    for path, label, split in files:
         name = path.relative_to(root).as_posix()
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             rejects.append(Reject(name, "not_image", f"extension {path.suffix or '(none)'} is not one of "
@@ -177,6 +208,7 @@ def read_folder(root: Path, config: Any) -> UserImages:
             continue
         pixels.append(p)
         labels.append(label)
+        splits.append(split)
     if not pixels:
         top = Counter(r.reason for r in rejects).most_common(1)[0][0]
         example = next(r for r in rejects if r.reason == top)
@@ -185,7 +217,8 @@ def read_folder(root: Path, config: Any) -> UserImages:
     _check_sizes(pixels, f"data.path {root}")
     x = _to_mode(pixels, _resolve_mode(config, pixels))
     return UserImages(x=x, y=np.asarray(labels, dtype=np.int64), class_names=classes or ["unlabelled"],
-                      labelled=bool(classes), rejects=rejects)
+                      labelled=bool(classes), rejects=rejects,
+                      split=np.asarray(splits) if split_dirs else None)
 
 
 def _array_key(arrays: Any, keys: tuple[str, ...], path: Path, what: str, *, required: bool) -> str | None:
