@@ -22,6 +22,15 @@ def _image_batch(n: int, generator: torch.Generator):
     return x, torch.bernoulli(x, generator=generator), torch.randint(0, 3, (n,), generator=generator)
 
 
+RGB_SPEC = {"channels": 3, "height": 8, "width": 8, "num_classes": 3}
+
+
+def _rgb_batch(n: int, generator: torch.Generator):
+    """8-bit colour pixels (k/255), as a discretised likelihood scores them."""
+    x = torch.randint(0, 256, (n, 3, 8, 8), generator=generator).float() / 255
+    return x, x.clone(), torch.randint(0, 3, (n,), generator=generator)
+
+
 SERIES_SPEC = {"channels": 3, "length": 10, "num_classes": 3}
 
 
@@ -59,6 +68,10 @@ FAMILIES = {
                          ModuleSpec("conv2d", {"channels": [8, 4], "hidden": 16}), _image_batch),
     "conv2d/gaussian": (IMAGE_SPEC, ModuleSpec("conv2d", {"channels": [4], "hidden": 16}),
                         ModuleSpec("conv2d", {"channels": [4], "hidden": 16, "likelihood": "gaussian"}), _image_batch),
+    "conv2d/discretized_logistic": (RGB_SPEC, ModuleSpec("conv2d", {"channels": [4], "hidden": 16}),
+                                    ModuleSpec("conv2d", {"channels": [4], "hidden": 16, "likelihood": "discretized_logistic",
+                                                          "scale": "pixel"}),
+                                    _rgb_batch),
     "gru/gru": (SERIES_SPEC, ModuleSpec("gru", {"hidden": 8, "layers": 2}), ModuleSpec("gru", {"hidden": 8, "layers": 2}), _series_batch),
     "conv1d/conv1d": (SERIES_SPEC, ModuleSpec("conv1d", {"channels": [4, 4]}), ModuleSpec("conv1d", {"channels": [4, 4]}), _series_batch),
     "gru/timevae": (SERIES_SPEC, ModuleSpec("gru", {"hidden": 8}),
@@ -120,7 +133,7 @@ def test_shapes_finiteness_and_gradients(family, conditional):
     kl = out.posterior.kl_standard_normal()
     assert log_px.shape == (5,) and kl.shape == (5, 3)
     assert torch.isfinite(log_px).all() and torch.isfinite(kl).all() and (kl >= 0).all()
-    if model.decoder.likelihood == "bernoulli":
+    if model.decoder.likelihood in ("bernoulli", "discretized_logistic"):
         assert (log_px <= 0).all()  # a probability mass, not a density
     (kl.sum() - log_px.sum()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]

@@ -312,6 +312,11 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
             # The score (the VAE's −ELBO) on the same examples as the IWAE NLL, so the two are directly comparable.
             f"iwae_subset_{score}": subset_elbo[score],
         }
+        # A decoder of 8-bit pixels also gives these NLLs in bits per dimension (its bits_per_dim says how).
+        to_bits = getattr(getattr(model, "decoder", None), "bits_per_dim", None)
+        if to_bits is not None and to_bits(metrics["test_nll_iwae"]) is not None:
+            metrics |= {"test_bits_per_dim_iwae": to_bits(metrics["test_nll_iwae"]),
+                        f"test_bits_per_dim_{score}": to_bits(metrics[f"test_{score}"])}
     spec = modality.data.input_spec(paths.processed)
     figures_dir = paths.plots / "evaluation"
     with atomic_path(figures_dir) as tmp:

@@ -80,7 +80,9 @@ class VAE(nn.Module):
         out = self.decoder(z, cond, target)
         if len(lead) > 1:
             unfold = lambda t: None if t is None else t.reshape(*lead, *t.shape[1:])  # noqa: E731
-            out = DecoderOutput(params=unfold(out.params), scale=out.scale, aux=unfold(out.aux))
+            # A scale per example (e.g. per pixel) unfolds too; a shared one, (1, …), broadcasts as it is.
+            scale = unfold(out.scale) if out.scale is not None and out.scale.shape[0] == z.shape[0] else out.scale
+            out = DecoderOutput(params=unfold(out.params), scale=scale, aux=unfold(out.aux))
         return out
 
     def forward(

@@ -1,13 +1,15 @@
-"""Image modality: MNIST-format data sets (Fashion-MNIST by default) → uint8 tensors.
+"""Image modality: MNIST-format data sets (Fashion-MNIST by default) or your own images → uint8 tensors.
 
 Processed layout (``data/processed/image/``): ``train.npz``, ``val.npz``, ``test.npz`` each with
-``x`` uint8 of shape (N, C, H, W) and ``y`` int64 labels, and ``spec.json`` (shape, classes).
+``x`` uint8 of shape (N, C, H, W) and ``y`` int64 labels, and ``spec.json`` (shape, classes); for
+``data.source: files`` also ``rejects.csv`` (each quarantined file with its reason; ``files.py``).
 Pixels stay grey in storage; binarisation happens per batch (dynamic binarisation, the standard
 protocol for Bernoulli likelihoods: Salakhutdinov & Murray 2008, Burda et al. 2016).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 from vaeflow.config import ConfigError
 from vaeflow.modalities.image.config import ImageDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs
+from vaeflow.modalities.image import files
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.idx import read_idx
 from vaeflow.io import atomic_path
@@ -116,8 +119,65 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.x[i], self.y[i]
 
 
+def _write(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], spec: dict[str, Any],
+           rejects: list[files.Reject] | None = None) -> None:
+    """All of the processed folder at once (atomically: a failure leaves the previous one)."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for split, (x, y) in splits.items():
+            np.savez(tmp / f"{split}.npz", x=x, y=y)
+        (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+        if rejects is not None:
+            with open(tmp / "rejects.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "reason", "detail"])
+                writer.writerows([r.file, r.reason, r.detail] for r in rejects)
+
+
+def _spec(dataset: str, x: np.ndarray, class_names: list[str], num_classes: int) -> dict[str, Any]:
+    _, channels, height, width = x.shape
+    return {"dataset": dataset, "channels": int(channels), "height": int(height), "width": int(width),
+            "num_classes": num_classes, "class_names": list(class_names)}
+
+
+def prepare_files(config: DataConfig, seed: int, out_dir: Path) -> dict[str, Any]:
+    """``data.source: files``: read ``data.path``, quarantine what cannot be used, split with the seed."""
+    found = files.read(config)
+    if found.x.shape[1] == 3 and config.binarize:
+        raise ConfigError(f"data.path {config.path} holds RGB images but data.binarize is true (binarisation is for "
+                          "grey images); set data.binarize: false and model.decoder.likelihood: discretized_logistic")
+    rng = np.random.default_rng(seed)
+    if found.split is None:
+        n = len(found.y)
+        n_val, n_test = (max(1, round(f * n)) for f in (config.val_fraction, config.test_fraction))
+        if n - n_val - n_test < 1:
+            raise ConfigError(f"data.path {config.path}: {n} usable images are too few for a train, val and test split "
+                              f"(val {n_val}, test {n_test}); add images or lower data.val_fraction / data.test_fraction")
+        order = rng.permutation(n)
+        parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    else:  # the folder's own train/ (val/) test/ split; without val/, data.val_fraction of train is held out
+        parts = {split: np.flatnonzero(found.split == split) for split in SPLITS}
+        if not len(parts["val"]):
+            train = rng.permutation(parts["train"])
+            n_val = max(1, round(config.val_fraction * len(train)))
+            parts["val"], parts["train"] = train[:n_val], train[n_val:]
+        empty = [split for split in SPLITS if not len(parts[split])]
+        if empty:
+            raise ConfigError(f"data.path {config.path}: no usable images in its {empty[0]} split; add images there "
+                              "(see rejects in the quarantine reasons) or lower data.val_fraction")
+    splits = {split: (found.x[np.sort(parts[split])], found.y[np.sort(parts[split])]) for split in SPLITS}
+    spec = _spec("files", found.x, found.class_names, len(found.class_names) if found.labelled else 0)
+    spec["path"] = str(config.path)
+    _write(out_dir, splits, spec, found.rejects)
+    by_reason = {f"rejected_{r}": sum(x.reason == r for x in found.rejects) for r in files.REASONS}
+    return ({f"n_{split}": int(len(y)) for split, (_, y) in splits.items()}
+            | {"rejected": len(found.rejects)} | by_reason)
+
+
 class ImageData(ModalityData):
     def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+        if config.source == "files":
+            return prepare_files(config, seed, out_dir)
         source: IdxImageDataset = DATASETS.get_or_raise(config.dataset, "data.dataset")
         steps = tqdm(total=4, desc=f"prepare {config.dataset}", disable=not progress)
         x_train, y_train = load_idx_pair(source.train_images, source.train_labels)
@@ -138,20 +198,8 @@ class ImageData(ModalityData):
             "val": (x_train[val_idx], y_train[val_idx]),
             "test": (x_test[test_idx], y_test[test_idx]),
         }
-        _, channels, height, width = x_train.shape
-        spec = {
-            "dataset": config.dataset,
-            "channels": int(channels),
-            "height": int(height),
-            "width": int(width),
-            "num_classes": len(source.class_names),
-            "class_names": list(source.class_names),
-        }
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir()
-            for split, (x, y) in splits.items():
-                np.savez(tmp / f"{split}.npz", x=x, y=y)
-            (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+        spec = _spec(config.dataset, x_train, list(source.class_names), len(source.class_names))
+        _write(out_dir, splits, spec)
         return {f"n_{split}": int(len(y)) for split, (_, y) in splits.items()} | {"rejected": 0}
 
     def load(self, processed_dir: Path, split: str) -> ImageDataset:

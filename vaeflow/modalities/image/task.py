@@ -49,8 +49,9 @@ class ImageTask(ModalityTask):
         # Interpolation: linear paths between the posterior means of random test pairs.
         steps, rows = 10, []
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(generator.initial_seed())))[:64]
-        starts = [int(i) for i in idx[:32]]
-        ends = [int(j) for j in idx[32:]]
+        half = max(len(idx) // 2, 1)  # 32 pairs from 64 images; a small test split pairs what it has
+        starts = [int(i) for i in idx[:half]]
+        ends = [int(j) for j in idx[half : 2 * half]] or starts
         for a, b in list(zip(starts, ends))[:6]:
             mu = encode(x[[a, b]], None if labels is None else labels[[a, b]])  # (2, D)
             t = torch.linspace(0, 1, steps, device=device)[:, None]
