@@ -605,6 +605,14 @@ def novelty_reference(dataset: str) -> frozenset[str]:
     return frozenset(filter(None, (chem.canonical(s) for s in raw)))
 
 
+def novelty_set(config: DataConfig, processed_dir: Path) -> frozenset[str]:
+    """Canonical SMILES novelty is measured against: a data set's whole official training file, or
+    the training split of your own file (as prepared: standardised, canonical)."""
+    if config.source == "files":
+        return frozenset(torch.load(Path(processed_dir) / "train.pt", weights_only=True)["smiles"])
+    return novelty_reference(config.dataset)
+
+
 def tokens_to_smiles(tokens: torch.Tensor, vocab: Sequence[str]) -> list[str]:
     """Token ids → SELFIES → SMILES (RDKit canonical). Shapes: tokens (N, L)."""
     import selfies as sf
@@ -751,7 +759,11 @@ class MoleculeData(ModalityData):
                 items.append(exc)
                 continue
             graph = _graph(f)
-            graph.properties = ((torch.from_numpy(f.properties) - mean) / std)[None].float()  # (1, P)
+            # Measured properties of your own data (after the computed ones) are unknown for a new
+            # SMILES: they sit at the training mean (0 once standardised).
+            n = len(f.properties)
+            standard = (torch.from_numpy(f.properties) - mean[:n]) / std[:n]
+            graph.properties = torch.cat([standard, torch.zeros(len(mean) - n)])[None].float()  # (1, P)
             items.append(graph)
         return items
 
