@@ -709,7 +709,7 @@ class MoleculeData(ModalityData):
         duplicates = drop_duplicates(splits)
         vocab, splits = _tokenize_splits(splits, rejects)
         spec = _spec(config.dataset, splits, vocab, list(source.elements), source.max_atoms, list(chem.PROPERTIES))
-        _write(out_dir, splits, spec, rejects, duplicates, {})
+        _write(out_dir, splits, spec, rejects, duplicates)
         return _counts(splits, rejects, duplicates, vocab)
 
     def load(self, processed_dir: Path, split: str) -> MoleculeDataset:
@@ -926,14 +926,19 @@ def prepare_files(config: DataConfig, seed: int, out_dir: Path, *, progress: boo
     spec = _spec(f"files:{name}", splits, vocab, elements, max_atoms, [*chem.PROPERTIES, *config.property_columns])
     # MOSES-style reference statistics of the test split (FCD, SNN, Frag, Scaf, properties), computed
     # once here and read by evaluate; the novelty reference is the training split itself.
-    from vaeflow.modalities.molecule import metrics
+    counts = (_counts(splits, rejects, duplicates, vocab)
+              | {f"standardized_{k}": changed.get(k, 0) for k in steps}
+              | {"elements": len(elements), "max_atoms": max_atoms})
 
-    buffer = io.BytesIO()
-    np.savez(buffer, stats=np.asarray(metrics.reference_statistics(splits["test"]["smiles"]), dtype=object))
-    _write(out_dir, splits, spec, rejects, duplicates, {REFERENCE_STATS: buffer.getvalue()})
-    return (_counts(splits, rejects, duplicates, vocab)
-            | {f"standardized_{k}": changed.get(k, 0) for k in steps}
-            | {"elements": len(elements), "max_atoms": max_atoms})
+    def reference(test_smiles: list[str]) -> dict[str, bytes]:
+        from vaeflow.modalities.molecule import metrics
+
+        buffer = io.BytesIO()
+        np.savez(buffer, stats=np.asarray(metrics.reference_statistics(test_smiles), dtype=object))
+        return {REFERENCE_STATS: buffer.getvalue()}
+
+    _write(out_dir, splits, spec, rejects, duplicates, reference)  # splits are freed before the statistics
+    return counts
 
 
 # The processed folder's reference statistics of your test split (molsets' test_stats.npz format).
@@ -1009,13 +1014,17 @@ REJECT_HEADER = ["split", "line", "id", "smiles", "reason"]
 
 
 def _write(out_dir: Path, splits: dict[str, dict[str, Any]], spec: dict[str, Any], rejects: list[Any],
-           duplicates: list[Any], extra: dict[str, Any]) -> None:
-    """The processed folder, whole or not at all: splits, spec, rejects.csv, duplicates.csv and
-    ``extra`` (file name → bytes)."""
+           duplicates: list[Any], extra: Callable[[list[str]], dict[str, bytes]] | None = None) -> None:
+    """The processed folder, whole or not at all: splits, spec, rejects.csv, duplicates.csv and the
+    files ``extra(test SMILES)`` returns (name → bytes). With ``extra``, ``splits`` is emptied once
+    saved, so that its memory is free before ``extra`` runs (the FCD model's, for one)."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
+        test_smiles = list(splits["test"]["smiles"]) if extra is not None else []
         for split, data in splits.items():
             torch.save({k: v for k, v in data.items() if k != "lines"}, tmp / f"{split}.pt")
+        if extra is not None:
+            splits.clear()
         (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
         with open(tmp / "rejects.csv", "w", newline="") as f:
             w = csv.writer(f)
@@ -1025,7 +1034,7 @@ def _write(out_dir: Path, splits: dict[str, dict[str, Any]], spec: dict[str, Any
             w = csv.writer(f)
             w.writerow(["split", "line", "id", "smiles", "kept_in"])
             w.writerows(duplicates)
-        for name, content in extra.items():
+        for name, content in (extra(test_smiles) if extra is not None else {}).items():
             (tmp / name).write_bytes(content)
 
 
