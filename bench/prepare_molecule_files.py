@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--out", help="JSON record (default: bench/results/prepare_molecule_files.json)")
     args = p.parse_args()
     n = args.n
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vaeflow-bench-") as tmp:
         tmp = Path(tmp)
         csv_path = tmp / "mols.csv"
         t0 = time.perf_counter()
