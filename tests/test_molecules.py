@@ -68,7 +68,11 @@ def test_bad_records_go_to_rejects_with_their_reason():
 def test_prepare_writes_rejects_and_counts(tmp_path, monkeypatch):
     bad = tmp_path / "qm9" / "bad.csv"
     bad.parent.mkdir()
-    good = ["C", "CC", "CO", "CN", "CCO", "CCN", "C=O", "C#N", "OCO", "NCN", "CCC", "CC=O"] * 3
+    # 36 distinct molecules (prepare drops repeats, so a repeated list would shrink the splits).
+    good = ["C", "CC", "CO", "CN", "CCO", "CCN", "C=O", "C#N", "OCO", "NCN", "CCC", "CC=O",
+            "CCCC", "CCCO", "CCCN", "OCCO", "NCCN", "OCCN", "CC(C)C", "CC(C)O", "CC(C)N", "CCCCC", "CCCCO",
+            "CCCCN", "OCCCO", "NCCCN", "CC(O)CO", "CC(N)CN", "CCOC", "CCNC", "COC", "CNC", "CCOCC",
+            "CCNCC", "CC(C)(C)C", "CC(C)(C)O"]
     bad.write_text("smiles\n" + "\n".join(good + ["", "not-a-smiles", "CCS", "CCCCCCCCCC", "CC.O"]) + "\n")
     source = mol.MoleculeSource(elements=("C", "N", "O", "F"), max_atoms=9, official={"train": lambda: bad}, test_fraction=0.2)
     monkeypatch.setitem(mol.DATASETS, "crafted", source)

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "interpolate":
             s.add_argument("--end", required=True, help="SMILES of the end molecule")
         else:
-            s.add_argument("--property", default="QED", help="property to optimise: logP, QED, SA or weight (default: QED)")
+            s.add_argument("--property", default="QED", help="property to optimise: logP, QED, SA, weight, or a data.property_columns column the model was trained on (default: QED)")
             s.add_argument("--minimize", action="store_true", help="decrease the property instead (e.g. SA)")
             s.add_argument("--lr", type=float, default=0.05, help="Adam step size in latent space (default: 0.05)")
             s.add_argument("--every", type=int, default=10, help="decode every this many steps, ≥ 1 (default: 10)")

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import gzip
 import io
+import itertools
 import json
 import logging
 import os
@@ -141,15 +142,24 @@ def featurise(smiles: str, elements: Sequence[str], max_atoms: int) -> Featurise
         Rejected: empty line, unparsable or unsanitisable SMILES, more than one fragment, an element
             outside ``elements``, more than ``max_atoms`` heavy atoms, or no kekulé/SELFIES form.
     """
-    import selfies as sf
-    from rdkit import Chem
+    return featurise_mol(_parse(smiles), elements, max_atoms)
 
+
+def _parse(smiles: str) -> Any:
     smiles = smiles.strip()
     if not smiles:
         raise Rejected("empty line")
     mol = chem.mol_from_smiles(smiles)
     if mol is None:
         raise Rejected("unparsable SMILES")
+    return mol
+
+
+def featurise_mol(mol: Any, elements: Sequence[str], max_atoms: int) -> Featurised:
+    """``featurise`` of a parsed, sanitised RDKit molecule (same checks and reasons)."""
+    import selfies as sf
+    from rdkit import Chem
+
     if mol.GetNumAtoms() == 0:
         raise Rejected("no atoms")
     if len(Chem.GetMolFrags(mol)) > 1:
@@ -176,6 +186,53 @@ def featurise(smiles: str, elements: Sequence[str], max_atoms: int) -> Featurise
     )
 
 
+# The standardisation steps, in the order they run, by their data.standardize key.
+STANDARDIZE_STEPS = ("largest_fragment", "neutralize", "tautomer")
+
+
+@functools.cache
+def _standardizers() -> dict[str, Any]:
+    from rdkit.Chem.MolStandardize import rdMolStandardize
+
+    return {"largest_fragment": rdMolStandardize.LargestFragmentChooser(),
+            "neutralize": rdMolStandardize.Uncharger(),
+            "tautomer": rdMolStandardize.TautomerEnumerator()}
+
+
+def standardise(mol: Any, steps: Sequence[str]) -> tuple[Any, list[str]]:
+    """RDKit ``rdMolStandardize`` on a sanitised molecule: the largest fragment (LargestFragmentChooser),
+    neutralised charges (Uncharger), the canonical tautomer (TautomerEnumerator.Canonicalize), each
+    only if named in ``steps``. Returns the molecule and the steps that changed it (canonical SMILES
+    before and after).
+
+    Raises:
+        Rejected: a step failed (RDKit raised) or left a molecule RDKit cannot sanitise.
+    """
+    from rdkit import Chem
+
+    tools = _standardizers()
+    changed = []
+    before = Chem.MolToSmiles(mol)
+    for step in STANDARDIZE_STEPS:
+        if step not in steps:
+            continue
+        try:
+            if step == "largest_fragment":
+                out = tools[step].choose(mol)
+            elif step == "neutralize":
+                out = tools[step].uncharge(mol)
+            else:
+                out = tools[step].Canonicalize(mol)
+            Chem.SanitizeMol(out)
+        except (ValueError, RuntimeError) as exc:
+            raise Rejected(f"standardisation step {step} failed ({type(exc).__name__})") from None
+        after = Chem.MolToSmiles(out)
+        if after != before:
+            changed.append(step)
+        mol, before = out, after
+    return mol, changed
+
+
 @dataclasses.dataclass
 class Chunk:
     """Featurised molecules of one chunk, concatenated (what a worker sends back)."""
@@ -190,6 +247,12 @@ class Chunk:
     n_edges: np.ndarray  # (n,) int64
     properties: np.ndarray  # (n, P) float32
     rejects: list[tuple[int, str, str]]  # (line, smiles, reason)
+    # Your own files only: each molecule's ID and the split its file assigns (or None), and how
+    # many molecules each standardisation step changed; rejects then carry the ID as well.
+    ids: list[str] = dataclasses.field(default_factory=list)
+    splits: list[str | None] = dataclasses.field(default_factory=list)
+    changed: Counter = dataclasses.field(default_factory=Counter)
+    reject_ids: list[str] = dataclasses.field(default_factory=list)
 
 
 def featurise_chunk(records: list[tuple[int, str]], elements: Sequence[str], max_atoms: int) -> Chunk:
@@ -202,6 +265,37 @@ def featurise_chunk(records: list[tuple[int, str]], elements: Sequence[str], max
             good.append((line, featurise(smiles, elements, max_atoms)))
         except Rejected as exc:
             rejects.append((line, smiles.strip(), str(exc)))
+    return _chunk(good, rejects, len(chem.PROPERTIES))
+
+
+def featurise_records(records: list[Any], elements: Sequence[str], max_atoms: int,
+                      steps: Sequence[str]) -> Chunk:
+    """Featurise your own file's records (``files.Record``): parse, standardise (``steps``), featurise;
+    the measured values follow the computed properties. Bad ones become rejects with their reason."""
+    chem.quiet_rdkit()
+    good: list[tuple[int, Featurised]] = []
+    rejects, reject_ids, ids, splits = [], [], [], []
+    changed: Counter = Counter()
+    n_values = len(records[0].values) if records else 0
+    for r in records:
+        try:
+            mol, steps_changed = standardise(_parse(r.smiles), steps)
+            f = featurise_mol(mol, elements, max_atoms)
+        except Rejected as exc:
+            rejects.append((r.line, r.smiles.strip(), str(exc)))
+            reject_ids.append(r.id)
+            continue
+        changed.update(steps_changed)
+        f.properties = np.concatenate([f.properties, np.asarray(r.values, dtype=np.float32)])
+        good.append((r.line, f))
+        ids.append(r.id)
+        splits.append(r.split)
+    chunk = _chunk(good, rejects, len(chem.PROPERTIES) + n_values)
+    chunk.ids, chunk.splits, chunk.changed, chunk.reject_ids = ids, splits, changed, reject_ids
+    return chunk
+
+
+def _chunk(good: list[tuple[int, Featurised]], rejects: list[tuple[int, str, str]], n_props: int) -> Chunk:
     mols = [m for _, m in good]
     cat = lambda arrays, shape: np.concatenate(arrays) if arrays else np.zeros(shape, dtype=np.int8)  # noqa: E731
     return Chunk(
@@ -213,7 +307,7 @@ def featurise_chunk(records: list[tuple[int, str]], elements: Sequence[str], max
         bonds=cat([m.bonds for m in mols], (0, len(BOND_FEATURES))),
         n_atoms=np.asarray([len(m.atoms) for m in mols], dtype=np.int64),
         n_edges=np.asarray([m.edge_index.shape[1] for m in mols], dtype=np.int64),
-        properties=np.asarray([m.properties for m in mols], dtype=np.float32).reshape(-1, len(chem.PROPERTIES)),
+        properties=np.asarray([m.properties for m in mols], dtype=np.float32).reshape(-1, n_props),
         rejects=rejects,
     )
 
@@ -342,12 +436,15 @@ def plan_splits(source: MoleculeSource, config: DataConfig, seed: int) -> dict[s
 # --- parallel map over chunks ---------------------------------------------------------------------
 
 
-def _map_chunks(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str], max_atoms: int,
-                *, total: int, chunk_size: int, desc: str, progress: bool) -> Iterator[Chunk]:
+def _map_chunks(chunks: Iterator[Any], elements: Sequence[str], max_atoms: int,
+                *, total: int | None, chunk_size: int, desc: str, progress: bool,
+                fn: Callable[..., Chunk] = featurise_chunk, **options: Any) -> Iterator[Chunk]:
     """Featurise chunks in parallel, in order, with at most a few chunks in flight (bounded memory).
 
-    On a Ray cluster (``RAY_ADDRESS`` set, or Ray already initialised) the chunks are Ray tasks
-    spread over the cluster; otherwise a process pool uses every local core.
+    ``fn(chunk, elements, max_atoms, **options)`` featurises one chunk. On a Ray cluster
+    (``RAY_ADDRESS`` set, or Ray already initialised) the chunks are Ray tasks spread over the
+    cluster; otherwise a process pool uses every local core. ``total`` (records) may be None
+    (a streamed file): then one chunk alone is featurised in this process.
     """
     bar = tqdm(total=total, desc=desc, unit="mol", disable=not progress, smoothing=0.1)
     use_ray = os.environ.get("RAY_ADDRESS", "local") != "local"  # "local" asks for a new local cluster: use the pool
@@ -357,39 +454,58 @@ def _map_chunks(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str]
         use_ray = use_ray or ray.is_initialized()
     except ImportError:  # pragma: no cover - ray is a dependency
         pass
-    if total <= chunk_size:  # one chunk: a pool would cost more than it saves
-        results = (featurise_chunk(c, elements, max_atoms) for c in chunks)
-    elif use_ray:
-        results = _map_ray(chunks, elements, max_atoms)
+    kwargs = {"elements": tuple(elements), "max_atoms": max_atoms, **options}
+    chunks = iter(chunks)
+    if total is None:  # peek: a file of one chunk is featurised here
+        head = list(itertools.islice(chunks, 2))
+        single = len(head) < 2
+        chunks = itertools.chain(head, chunks)
     else:
-        results = _map_pool(chunks, elements, max_atoms)
+        single = total <= chunk_size
+    if single:  # one chunk: a pool would cost more than it saves
+        results = (fn(c, **kwargs) for c in chunks)
+    elif use_ray:
+        results = _map_ray(chunks, fn, kwargs)
+    else:
+        results = _map_pool(chunks, fn, kwargs)
     for chunk in results:
         bar.update(len(chunk.lines) + len(chunk.rejects))
         yield chunk
     bar.close()
 
 
-def _map_pool(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str], max_atoms: int) -> Iterator[Chunk]:
-    import functools
+def _apply(fn: Callable[..., Chunk], chunk: Any, kwargs: dict[str, Any]) -> Chunk:
+    return fn(chunk, **kwargs)
+
+
+def _map_pool(chunks: Iterator[Any], fn: Callable[..., Chunk], kwargs: dict[str, Any]) -> Iterator[Chunk]:
+    import collections
     import multiprocessing as mp
 
     workers = chem.cpu_count()
-    fn = functools.partial(featurise_chunk, elements=tuple(elements), max_atoms=max_atoms)
-    # imap keeps results in order and pulls chunks lazily from the reader.
+    window = 2 * workers
+    # A window of submitted chunks, read from the file only as results come back (Pool.imap's feeder
+    # thread would read the whole file ahead), kept in order.
     with mp.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap(fn, chunks)
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_apply, (fn, chunk, kwargs)))
+            if len(pending) >= window:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
-def _map_ray(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str], max_atoms: int) -> Iterator[Chunk]:
+def _map_ray(chunks: Iterator[Any], fn: Callable[..., Chunk], kwargs: dict[str, Any]) -> Iterator[Chunk]:
     import ray
 
     if not ray.is_initialized():
         ray.init()
-    task = ray.remote(featurise_chunk)
+    task = ray.remote(_apply)
     window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending: list[Any] = []
     for chunk in chunks:
-        pending.append(task.remote(chunk, tuple(elements), max_atoms))
+        pending.append(task.remote(fn, chunk, kwargs))
         if len(pending) >= window:
             yield ray.get(pending.pop(0))
     while pending:
@@ -399,7 +515,7 @@ def _map_ray(chunks: Iterator[list[tuple[int, str]]], elements: Sequence[str], m
 # --- storage --------------------------------------------------------------------------------------
 
 
-def _collate_chunks(chunks: list[Chunk]) -> dict[str, Any]:
+def _collate_chunks(chunks: list[Chunk], n_props: int = len(chem.PROPERTIES)) -> dict[str, Any]:
     """Concatenate chunks into one InMemoryDataset-style dict (tensors + per-molecule offsets)."""
     n_atoms = np.concatenate([c.n_atoms for c in chunks]) if chunks else np.zeros(0, np.int64)
     n_edges = np.concatenate([c.n_edges for c in chunks]) if chunks else np.zeros(0, np.int64)
@@ -409,7 +525,7 @@ def _collate_chunks(chunks: list[Chunk]) -> dict[str, Any]:
         "bonds": torch.from_numpy(np.concatenate([c.bonds for c in chunks])) if chunks else torch.zeros(0, len(BOND_FEATURES), dtype=torch.int8),
         "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_atoms)])),
         "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_edges)])),
-        "properties": torch.from_numpy(np.concatenate([c.properties for c in chunks])) if chunks else torch.zeros(0, len(chem.PROPERTIES)),
+        "properties": torch.from_numpy(np.concatenate([c.properties for c in chunks])) if chunks else torch.zeros(0, n_props),
         "smiles": [s for c in chunks for s in c.smiles],
         "selfies": [s for c in chunks for s in c.selfies],
     }
@@ -463,6 +579,7 @@ def _drop(data: dict[str, Any], rows: list[int]) -> dict[str, Any]:
         "properties": data["properties"][keep],
         "smiles": [data["smiles"][i] for i in keep],
         "selfies": [data["selfies"][i] for i in keep],
+        **{k: [data[k][i] for i in keep] for k in ("lines", "ids") if k in data},
     }
 
 
@@ -486,6 +603,14 @@ def novelty_reference(dataset: str) -> frozenset[str]:
         return frozenset(raw)
     chem.quiet_rdkit()
     return frozenset(filter(None, (chem.canonical(s) for s in raw)))
+
+
+def novelty_set(config: DataConfig, processed_dir: Path) -> frozenset[str]:
+    """Canonical SMILES novelty is measured against: a data set's whole official training file, or
+    the training split of your own file (as prepared: standardised, canonical)."""
+    if config.source == "files":
+        return frozenset(torch.load(Path(processed_dir) / "train.pt", weights_only=True)["smiles"])
+    return novelty_reference(config.dataset)
 
 
 def tokens_to_smiles(tokens: torch.Tensor, vocab: Sequence[str]) -> list[str]:
@@ -566,58 +691,26 @@ class MoleculeData(ModalityData):
 
     def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True,
                 chunk_size: int = 2000) -> dict[str, Any]:
+        if config.source == "files":
+            return prepare_files(config, seed, Path(out_dir), progress=progress, chunk_size=chunk_size)
         source: MoleculeSource = DATASETS.get_or_raise(config.dataset, "data.dataset")
         if not isinstance(source, MoleculeSource):
             raise ConfigError(f"data.dataset {config.dataset!r} is not a molecule data set; use moses or qm9")
         plan = plan_splits(source, config, seed)
         splits: dict[str, dict[str, Any]] = {}
-        rejects: list[tuple[str, int, str, str]] = []
+        rejects: list[tuple[str, int, str, str, str]] = []
         for split, (path, keep) in plan.items():
             chunks = []
             for chunk in _map_chunks(_stream(path, keep, chunk_size), source.elements, source.max_atoms,
                                      total=len(keep), chunk_size=chunk_size, desc=f"featurise {config.dataset} {split}", progress=progress):
                 chunks.append(chunk)
-                rejects += [(split, line, smi, why) for line, smi, why in chunk.rejects]
-            splits[split] = _collate_chunks(chunks)
-        vocab = build_vocab(splits["train"]["selfies"])
-        for split, data in splits.items():
-            tokens, unknown = tokenize(data["selfies"], vocab)
-            for i in unknown:
-                rejects.append((split, -1, data["smiles"][i], "SELFIES token not in the training vocabulary"))
-            keep = np.setdiff1d(np.arange(len(tokens)), unknown)
-            splits[split] = _drop(data, unknown) | {"tokens": tokens[keep]}
-        train = splits["train"]
-        if len(train["smiles"]) == 0:
-            raise ValueError(f"no usable training molecule in {config.dataset}; see the rejects file")
-        props = train["properties"].double()
-        spec = {
-            "dataset": config.dataset,
-            "elements": list(source.elements),
-            "max_atoms": source.max_atoms,
-            "atom_features": list(ATOM_FEATURES),
-            "atom_feature_sizes": atom_feature_sizes(source.elements),
-            "bond_features": list(BOND_FEATURES),
-            "bond_feature_sizes": bond_feature_sizes(),
-            "vocab": vocab,
-            "max_tokens": int(max(d["tokens"].shape[1] for d in splits.values())),
-            "properties": list(chem.PROPERTIES),
-            "property_mean": props.mean(0).tolist(),
-            "property_std": props.std(0).clamp(min=1e-6).tolist(),
-            "splits": sorted(splits),
-        }
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir()
-            for split, data in splits.items():
-                torch.save(data, tmp / f"{split}.pt")
-            (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
-            with open(tmp / "rejects.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["split", "line", "smiles", "reason"])
-                w.writerows(rejects)
-        reasons = Counter(_reason_kind(r[3]) for r in rejects)
-        return ({f"n_{split}": len(data["smiles"]) for split, data in splits.items()}
-                | {"rejected": len(rejects), "vocab_size": len(vocab)}
-                | {f"rejected_{k}": v for k, v in sorted(reasons.items())})
+                rejects += [(split, line, "", smi, why) for line, smi, why in chunk.rejects]
+            splits[split] = _collate_chunks(chunks) | {"lines": [line for c in chunks for line in c.lines]}
+        duplicates = drop_duplicates(splits)
+        vocab, splits = _tokenize_splits(splits, rejects)
+        spec = _spec(config.dataset, splits, vocab, list(source.elements), source.max_atoms, list(chem.PROPERTIES))
+        _write(out_dir, splits, spec, rejects, duplicates)
+        return _counts(splits, rejects, duplicates, vocab)
 
     def load(self, processed_dir: Path, split: str) -> MoleculeDataset:
         spec = _read_spec(processed_dir)
@@ -666,7 +759,11 @@ class MoleculeData(ModalityData):
                 items.append(exc)
                 continue
             graph = _graph(f)
-            graph.properties = ((torch.from_numpy(f.properties) - mean) / std)[None].float()  # (1, P)
+            # Measured properties of your own data (after the computed ones) are unknown for a new
+            # SMILES: they sit at the training mean (0 once standardised).
+            n = len(f.properties)
+            standard = (torch.from_numpy(f.properties) - mean[:n]) / std[:n]
+            graph.properties = torch.cat([standard, torch.zeros(len(mean) - n)])[None].float()  # (1, P)
             items.append(graph)
         return items
 
@@ -706,9 +803,254 @@ class MoleculeData(ModalityData):
         return pd.DataFrame({"SMILES": tokens_to_smiles(generated.cpu(), spec["vocab"])})
 
 
+# --- your own files -------------------------------------------------------------------------------
+
+
+def _select(chunk: Chunk, rows: np.ndarray) -> Chunk:
+    """The molecules of ``chunk`` at ``rows`` (sorted), with their offsets rebuilt; no rejects."""
+    node_ptr = np.concatenate([[0], np.cumsum(chunk.n_atoms)])
+    edge_ptr = np.concatenate([[0], np.cumsum(chunk.n_edges)])
+    atom_rows = np.concatenate([np.arange(node_ptr[i], node_ptr[i + 1]) for i in rows]) if len(rows) else np.zeros(0, np.int64)
+    edge_rows = np.concatenate([np.arange(edge_ptr[i], edge_ptr[i + 1]) for i in rows]) if len(rows) else np.zeros(0, np.int64)
+    pick = lambda values: [values[i] for i in rows]  # noqa: E731
+    return Chunk(lines=pick(chunk.lines), smiles=pick(chunk.smiles), selfies=pick(chunk.selfies),
+                 atoms=chunk.atoms[atom_rows], edge_index=chunk.edge_index[:, edge_rows], bonds=chunk.bonds[edge_rows],
+                 n_atoms=chunk.n_atoms[rows], n_edges=chunk.n_edges[rows], properties=chunk.properties[rows],
+                 rejects=[], ids=pick(chunk.ids), splits=pick(chunk.splits))
+
+
+def hash_split(smiles: str, seed: int, val_fraction: float, test_fraction: float) -> str:
+    """A seeded split from the canonical SMILES alone: the same molecule always lands in the same
+    split, whatever the file's order or chunking, so a repeat never crosses splits."""
+    import hashlib
+
+    u = int.from_bytes(hashlib.blake2b(f"{seed}:{smiles}".encode(), digest_size=8).digest(), "big") / 2**64
+    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+
+
+def _training_vocabulary(splits: dict[str, dict[str, Any]], allowed: Sequence[str],
+                         rejects: list[tuple[str, int, str, str, str]]) -> tuple[list[str], int]:
+    """The element vocabulary and heavy-atom limit of the training split; val/test molecules with an
+    element not in train, or larger than train's largest, are rejected. Atom element indices are
+    remapped in place from ``allowed`` to the vocabulary."""
+    train = splits["train"]
+    seen = np.unique(train["atoms"][:, 0].numpy()) if len(train["atoms"]) else np.zeros(0, np.int64)
+    elements = [allowed[i] for i in seen]
+    lookup = torch.full((len(allowed),), -1, dtype=torch.int8)
+    lookup[torch.as_tensor(seen, dtype=torch.long)] = torch.arange(len(seen), dtype=torch.int8)
+    sizes = np.diff(train["node_ptr"].numpy())
+    max_atoms = int(sizes.max()) if len(sizes) else 0
+    for split, data in splits.items():
+        ptr = data["node_ptr"].numpy()
+        mapped = lookup[data["atoms"][:, 0].long()]
+        unseen = (mapped < 0).numpy()
+        rows = []
+        for i in range(len(data["smiles"])):
+            n = ptr[i + 1] - ptr[i]
+            if unseen[ptr[i]:ptr[i + 1]].any():
+                symbol = allowed[int(data["atoms"][ptr[i] + int(np.argmax(unseen[ptr[i]:ptr[i + 1]])), 0])]
+                why = f"element {symbol} not in the training split"
+            elif n > max_atoms:
+                why = f"{n} heavy atoms > max_atoms {max_atoms} (the training split's largest)"
+            else:
+                continue
+            rows.append(i)
+            rejects.append((split, data["lines"][i], data["ids"][i], data["smiles"][i], why))
+        data["atoms"][:, 0] = mapped.clamp(min=0)
+        splits[split] = _drop(data, rows)
+    return elements, max_atoms
+
+
+def prepare_files(config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True,
+                  chunk_size: int = 2000) -> dict[str, Any]:
+    """``prepare`` for ``data.source: files``: read, standardise, featurise, split, deduplicate, build
+    the vocabulary from the training split, and store the test split's reference statistics.
+
+    Raises:
+        TableError: the file cannot be read at all (missing, empty, wrong format, missing column).
+        ConfigError: no usable molecule in the training, validation or test split.
+    """
+    from vaeflow.modalities.molecule import files
+
+    steps = [k for k in STANDARDIZE_STEPS if getattr(config.standardize, k)]
+    allowed = list(dict.fromkeys(config.elements))
+    n_props = len(chem.PROPERTIES) + len(config.property_columns)
+    rejects: list[tuple[str, int, str, str, str]] = []
+    changed: Counter = Counter()
+    parts: dict[str, list[Chunk]] = {split: [] for split in ("train", "val", "test")}
+    first: dict[str, set[str]] = {split: set() for split in parts}  # within-split repeats, dropped on the fly
+    repeats: list[tuple[str, int, str, str, str]] = []
+
+    def records() -> Iterator[list[Any]]:
+        for good, bad in files.read_records(config, chunk_size):
+            rejects.extend(("", line, ident, text, why) for line, ident, text, why in bad)
+            if good:
+                yield good
+
+    name = Path(config.path).name
+    for chunk in _map_chunks(records(), allowed, config.max_atoms, total=None, chunk_size=chunk_size,
+                             desc=f"featurise {name}", progress=progress, fn=featurise_records, steps=tuple(steps)):
+        rejects.extend(("", line, ident, smi, why) for (line, smi, why), ident in zip(chunk.rejects, chunk.reject_ids))
+        changed.update(chunk.changed)
+        assigned = [split or hash_split(smi, seed, config.val_fraction, config.test_fraction)
+                    for split, smi in zip(chunk.splits, chunk.smiles)]
+        chunk.splits = assigned
+        for split in parts:
+            rows = []
+            for i, (s, smi) in enumerate(zip(assigned, chunk.smiles)):
+                if s != split:
+                    continue
+                if smi in first[split]:
+                    repeats.append((split, chunk.lines[i], chunk.ids[i], smi, split))
+                    continue
+                first[split].add(smi)
+                rows.append(i)
+            if rows:
+                parts[split].append(_select(chunk, np.asarray(rows)))
+    del first
+    splits = {}
+    for split, chunks in parts.items():
+        splits[split] = _collate_chunks(chunks, n_props) | {"lines": [x for c in chunks for x in c.lines],
+                                                            "ids": [x for c in chunks for x in c.ids]}
+    parts.clear()
+    duplicates = repeats + drop_duplicates(splits)
+    empty = [split for split, data in splits.items() if not data["smiles"]]
+    if empty:
+        raise ConfigError(
+            f"{config.path}: no usable molecule in the {empty[0]} split ({sum(len(d['smiles']) for d in splits.values())} "
+            f"usable, {len(rejects)} rejected{', e.g. ' + rejects[0][-1] if rejects else ''}); "
+            + ("check data.split_column's values" if config.split_column else
+               "use more molecules, or raise data.val_fraction / data.test_fraction"))
+    elements, max_atoms = _training_vocabulary(splits, allowed, rejects)
+    vocab, splits = _tokenize_splits(splits, rejects)
+    spec = _spec(f"files:{name}", splits, vocab, elements, max_atoms, [*chem.PROPERTIES, *config.property_columns])
+    # MOSES-style reference statistics of the test split (FCD, SNN, Frag, Scaf, properties), computed
+    # once here and read by evaluate; the novelty reference is the training split itself.
+    counts = (_counts(splits, rejects, duplicates, vocab)
+              | {f"standardized_{k}": changed.get(k, 0) for k in steps}
+              | {"elements": len(elements), "max_atoms": max_atoms})
+
+    def reference(test_smiles: list[str]) -> dict[str, bytes]:
+        from vaeflow.modalities.molecule import metrics
+
+        buffer = io.BytesIO()
+        np.savez(buffer, stats=np.asarray(metrics.reference_statistics(test_smiles), dtype=object))
+        return {REFERENCE_STATS: buffer.getvalue()}
+
+    _write(out_dir, splits, spec, rejects, duplicates, reference)  # splits are freed before the statistics
+    return counts
+
+
+# The processed folder's reference statistics of your test split (molsets' test_stats.npz format).
+REFERENCE_STATS = "test_stats.npz"
+
+
+# Which split keeps a molecule that several splits hold: the test sets stay whole (MOSES's official
+# test set is the benchmark's reference), then validation, then train.
+KEEP_ORDER = ("test", "test_scaffolds", "val", "train")
+
+
+def drop_duplicates(splits: dict[str, dict[str, Any]]) -> list[tuple[str, int, str, str, str]]:
+    """Drop repeated molecules (same canonical SMILES) in place, so that no molecule is in two
+    splits or twice in one: the first in ``KEEP_ORDER``, then in file order, keeps it. Returns the
+    dropped ones as (split, line, id, smiles, split that keeps it)."""
+    seen: dict[str, str] = {}
+    dropped = []
+    for split in sorted(splits, key=lambda k: KEEP_ORDER.index(k) if k in KEEP_ORDER else len(KEEP_ORDER)):
+        data = splits[split]
+        rows = []
+        lines, ids = data.get("lines"), data.get("ids")
+        for i, smi in enumerate(data["smiles"]):
+            if smi in seen:
+                rows.append(i)
+                dropped.append((split, lines[i] if lines else -1, ids[i] if ids else "", smi, seen[smi]))
+            else:
+                seen[smi] = split
+        splits[split] = _drop(data, rows)
+    return dropped
+
+
+def _tokenize_splits(splits: dict[str, dict[str, Any]], rejects: list[tuple[str, int, str, str, str]]
+                     ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The SELFIES vocabulary of the training split, and every split tokenised with it (molecules
+    with other tokens rejected)."""
+    vocab = build_vocab(splits["train"]["selfies"])
+    out = {}
+    for split, data in splits.items():
+        tokens, unknown = tokenize(data["selfies"], vocab)
+        for i in unknown:
+            line = data["lines"][i] if data.get("lines") else -1
+            ident = data["ids"][i] if data.get("ids") else ""
+            rejects.append((split, line, ident, data["smiles"][i], "SELFIES token not in the training vocabulary"))
+        keep = np.setdiff1d(np.arange(len(tokens)), unknown)
+        out[split] = _drop(data, unknown) | {"tokens": tokens[keep]}
+    if len(out["train"]["smiles"]) == 0:
+        raise ConfigError("no usable training molecule; every record was rejected (see the reasons with "
+                          "vaeflow prepare, or check data.path and the column options)")
+    return vocab, out
+
+
+def _spec(dataset: str, splits: dict[str, dict[str, Any]], vocab: list[str], elements: list[str],
+          max_atoms: int, properties: list[str]) -> dict[str, Any]:
+    props = splits["train"]["properties"].double()
+    return {
+        "dataset": dataset,
+        "elements": elements,
+        "max_atoms": max_atoms,
+        "atom_features": list(ATOM_FEATURES),
+        "atom_feature_sizes": atom_feature_sizes(elements),
+        "bond_features": list(BOND_FEATURES),
+        "bond_feature_sizes": bond_feature_sizes(),
+        "vocab": vocab,
+        "max_tokens": int(max(d["tokens"].shape[1] for d in splits.values())),
+        "properties": properties,
+        "property_mean": props.mean(0).tolist(),
+        "property_std": (props.std(0) if len(props) > 1 else torch.ones(props.shape[1], dtype=props.dtype)).clamp(min=1e-6).tolist(),
+        "splits": sorted(splits),
+    }
+
+
+REJECT_HEADER = ["split", "line", "id", "smiles", "reason"]
+
+
+def _write(out_dir: Path, splits: dict[str, dict[str, Any]], spec: dict[str, Any], rejects: list[Any],
+           duplicates: list[Any], extra: Callable[[list[str]], dict[str, bytes]] | None = None) -> None:
+    """The processed folder, whole or not at all: splits, spec, rejects.csv, duplicates.csv and the
+    files ``extra(test SMILES)`` returns (name → bytes). With ``extra``, ``splits`` is emptied once
+    saved, so that its memory is free before ``extra`` runs (the FCD model's, for one)."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        test_smiles = list(splits["test"]["smiles"]) if extra is not None else []
+        for split, data in splits.items():
+            torch.save({k: v for k, v in data.items() if k != "lines"}, tmp / f"{split}.pt")
+        if extra is not None:
+            splits.clear()
+        (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+        with open(tmp / "rejects.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(REJECT_HEADER)
+            w.writerows(rejects)
+        with open(tmp / "duplicates.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "line", "id", "smiles", "kept_in"])
+            w.writerows(duplicates)
+        for name, content in (extra(test_smiles) if extra is not None else {}).items():
+            (tmp / name).write_bytes(content)
+
+
+def _counts(splits: dict[str, dict[str, Any]], rejects: list[Any], duplicates: list[Any], vocab: list[str]) -> dict[str, Any]:
+    reasons = Counter(_reason_kind(r[-1]) for r in rejects)
+    return ({f"n_{split}": len(data["smiles"]) for split, data in splits.items()}
+            | {"rejected": len(rejects), "vocab_size": len(vocab), "duplicates": len(duplicates)}
+            | {f"rejected_{k}": v for k, v in sorted(reasons.items())})
+
+
 def _reason_kind(reason: str) -> str:
     """A short key for a reject reason (counts in the stage's metrics JSON)."""
-    for key, kind in (("empty", "empty"), ("unparsable", "unparsable"), ("element", "element"),
+    for key, kind in (("ragged", "ragged"), ("split value", "split"), ("value", "property"),
+                      ("standardisation", "standardize"), ("SDF record", "unparsable"),
+                      ("not in the training split", "element_not_in_train"),
+                      ("empty", "empty"), ("unparsable", "unparsable"), ("element", "element"),
                       ("max_atoms", "too_large"), ("fragment", "fragments"), ("vocabulary", "vocab"),
                       ("SELFIES", "selfies"), ("bond", "bond")):
         if key in reason:

@@ -137,9 +137,9 @@ def write_samples(data: MoleculeData, model: Any, config: Any, paths: Any, out_d
         # Sampled tokens (mean=False), not greedy ones: greedy decoding of prior draws repeats itself.
         tokens = family.sample(model, m, labels=c, temperature=config.sample.temperature, generator=generator, mean=False)
         smiles += tokens_to_smiles(tokens.cpu(), model.input_spec["vocab"])
-    from vaeflow.modalities.molecule.data import novelty_reference
+    from vaeflow.modalities.molecule.data import novelty_set
 
-    train = novelty_reference(config.data.dataset)
+    train = novelty_set(config.data, paths.processed)
     rows = property_rows(smiles, train)
     write_csv(rows, out_dir / "samples.csv")
     grid_image(smiles, out_dir / "samples_grid.png")
@@ -232,18 +232,27 @@ def evaluation_metrics(data: MoleculeData, model: Any, config: Any, paths: Any, 
     with open(samples) as f:
         rows = list(csv.DictReader(f))
     gen = [row["SMILES"] for row in rows]
-    source: MoleculeSource = DATASETS.get_or_raise(config.data.dataset)
     spec = data.input_spec(paths.processed)
     refs: dict[str, dict[str, Any]] = {}
-    names = {"test": "Test", "test_scaffolds": "TestSF"}
-    for split in ("test", "test_scaffolds"):
-        if split in source.reference_stats:
-            refs[names[split]] = M.load_reference(source.reference_stats[split]())
-        elif split in spec["splits"]:
-            refs[names[split]] = M.reference_statistics(data.load(paths.processed, split).smiles)
-    from vaeflow.modalities.molecule.data import novelty_reference
+    if config.data.source == "files":
+        # Your own test split's statistics, computed once by prepare (a DVC output of it).
+        from vaeflow.modalities.molecule.data import REFERENCE_STATS
 
-    train = novelty_reference(config.data.dataset)
+        stats = Path(paths.processed) / REFERENCE_STATS
+        if not stats.is_file():
+            raise FileNotFoundError(f"{stats} not found; run the prepare stage again (dvc repro prepare@molecule)")
+        refs["Test"] = M.load_reference(stats)
+    else:
+        source: MoleculeSource = DATASETS.get_or_raise(config.data.dataset)
+        names = {"test": "Test", "test_scaffolds": "TestSF"}
+        for split in ("test", "test_scaffolds"):
+            if split in source.reference_stats:
+                refs[names[split]] = M.load_reference(source.reference_stats[split]())
+            elif split in spec["splits"]:
+                refs[names[split]] = M.reference_statistics(data.load(paths.processed, split).smiles)
+    from vaeflow.modalities.molecule.data import novelty_set
+
+    train = novelty_set(config.data, paths.processed)
     metrics = M.metric_suite(gen, train=train, references=refs)
     test = data.load(paths.processed, "test")
     metrics |= reconstruction_metrics(model, test, n=config.evaluate.iwae_examples or len(test))
