@@ -26,16 +26,14 @@ import torch
 
 from vaeflow.modalities.timeseries.config import TimeSeriesDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs
+from vaeflow.modalities.timeseries.errors import SeriesDataError
+from vaeflow.modalities.timeseries.files import read_series_file, write_rejects
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path
 from vaeflow.registry import DATASETS
 from vaeflow.splits import subset
 
 SPLITS = ("train", "val", "test")
-
-
-class SeriesDataError(ValueError):
-    """Time-series input that the configured policy rejects; the message says what and where."""
 
 
 # --- raw sources ---------------------------------------------------------------------------------
@@ -179,8 +177,6 @@ for _name in ("GunPoint", "ItalyPowerDemand", "ArrowHead", "OSULeaf", "BasicMoti
 
 def read_files_raw(config: DataConfig) -> tuple[RawSeries, dict[str, Any], list[dict[str, Any]]]:
     """A user's file (``data.source: files``) as a raw source, its counts and its rejects.csv rows."""
-    from vaeflow.modalities.timeseries.files import read_series_file
-
     got = read_series_file(config.path, config)
     class_names: list[str] = []
     labels = np.full(len(got.series), -1, dtype=np.int64)
@@ -529,8 +525,6 @@ class TimeSeriesData(ModalityData):
             (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
             (tmp / "scaler.json").write_text(json.dumps(scaler.to_dict() | {"channels": channel_names}, indent=2) + "\n")
             if rejects is not None:
-                from vaeflow.modalities.timeseries.files import write_rejects
-
                 write_rejects(tmp / "rejects.csv", rejects)
         metrics = {f"n_{split}": int(len(y)) for split, (_, y, _) in splits.items()}
         metrics |= {k: v for k, v in counts.items() if k != "channels_kept"}

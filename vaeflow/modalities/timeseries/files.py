@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vaeflow.modalities.timeseries.config import TimeSeriesDataConfig as DataConfig
-from vaeflow.modalities.timeseries.data import SeriesDataError
+from vaeflow.modalities.timeseries.errors import SeriesDataError
 from vaeflow.tables import LINE, Table, TableError, numeric
 
 REJECT_FIELDS = ("line", "series", "column", "value", "reason", "action")
