@@ -100,8 +100,6 @@ class _Reader:
     # --- batches -------------------------------------------------------------------------------
 
     def add(self, frame: Any, bad: list[Any]) -> None:
-        import pandas as pd
-
         c = self.config
         for b in bad:
             self.counts["ragged_rows"] += 1
@@ -142,12 +140,15 @@ class _Reader:
             label = np.zeros(n, dtype=np.int64)
         for key, part in (("values", values), ("time", t), ("sid", sid), ("label", label), ("line", lines)):
             self.parts[key].append(part[keep])
-        del pd
 
     def _numbers(self, column: Any, lines: np.ndarray, name: str) -> np.ndarray:
         if column.dtype.kind in "fiub":  # Parquet numbers: nothing to parse
             return column.to_numpy(np.float64)
         out, bad = numeric(column)
+        if bad.any() and self.config.missing == "reject":
+            i = int(np.flatnonzero(bad)[0])
+            self.reject(lines[i], f"{column.iloc[i]!r} in column {name!r} is not a finite number "
+                        f"({int(bad.sum())} such values in this block)", column=name)
         if bad.any():
             text = column.to_numpy(object)
             for i in np.flatnonzero(bad & ~np.isinf(out)):
