@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     table = []
     for name, r in results.items():
         rps = r["rows"] / r["seconds"]
-        table.append({"case": name, "rows": r["rows"], "seconds": r["seconds"], "rows_per_s": rps,
+        table.append({"case": name, "rows": r["rows"], "file_mb": r["file_mb"], "seconds": r["seconds"], "rows_per_s": rps,
                       "throughput_vs_stocks": rps / (base["rows"] / base["seconds"]),
                       "peak_rss_mb": r["peak_rss_mb"], "above_imports_mb": r["peak_rss_mb"] - r["baseline_rss_mb"],
                       "peak_vs_stocks": r["peak_rss_mb"] / base["peak_rss_mb"],

@@ -187,7 +187,8 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
             "bad_records": got.counts["bad_records"], "gap_steps": got.counts["gap_steps"],
             "imputed_values": counts["imputed_values"], "dropped_steps": counts["dropped_steps"],
             "max_neg_elbo_score": float(scores.neg_elbo[top]), "most_anomalous_series": rows[top][0],
-            "most_anomalous_start_step": rows[top][2], "median_neg_elbo_score": float(np.median(scores.neg_elbo))}
+            "most_anomalous_start_step": rows[top][2], "most_anomalous_start_time": rows[top][4],
+            "median_neg_elbo_score": float(np.median(scores.neg_elbo))}
 
 
 def _time_text(times: np.ndarray | None, step: int) -> str:
