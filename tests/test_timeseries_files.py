@@ -335,7 +335,6 @@ def test_anomaly_command_reads_the_long_layout(tmp_path, capsys):
 # --- the wide example through the product ---------------------------------------------------------
 
 
-@pytest.mark.slow  # about 70 s on 2 cores (Ray workers, MLflow, post-hoc GRUs): over the default suite's budget
 def test_wide_example_pipeline_ray_mlflow(tmp_path, ray_cluster):
     preset = ROOT / "configs/timeseries/files-wide.yaml"
     config = _config(tmp_path, EXAMPLES / "goog_daily.csv", "train.epochs=1", "evaluate.iwae_k=5",
