@@ -514,9 +514,9 @@ class TimeSeriesData(ModalityData):
             # a user's CSV with the original columns maps onto the model's inputs.
             "raw_channels": len(raw.channel_names),
             "channels_kept": counts["channels_kept"],
-            "raw_channel_names": list(raw.channel_names),
         }
-        if config.source == "files":
+        if config.source == "files":  # (a built-in set's spec stays as it was: its outputs do not change)
+            spec["raw_channel_names"] = list(raw.channel_names)  # the columns `vaeflow anomaly` reads
             spec["source"] = {"path": config.path, "layout": config.layout}
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
