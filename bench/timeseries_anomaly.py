@@ -14,6 +14,8 @@ split: the Euclidean distance of each (scaled) test series to its nearest traini
 
     python bench/timeseries_anomaly.py --dataset ucr-gunpoint --epochs 1500 --seeds 3    # ~4 min on 2 cores
     python bench/timeseries_anomaly.py --preset configs/timeseries/quick.yaml   # the Stocks preset's GRU + TimeVAE
+    python bench/timeseries_anomaly.py --preset configs/timeseries/files-long.yaml \
+        --set data.path=examples/timeseries/basicmotions_long.csv   # your own labelled long-layout file
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench._common import print_table, write_json  # noqa: E402
 from vaeflow import config as cfg
-from vaeflow.modalities.timeseries.data import RawSeries, TimeSeriesData, WindowDataset, build_splits
+from vaeflow.modalities.timeseries.data import (RawSeries, TimeSeriesData, WindowDataset, build_splits,
+                                                read_files_raw)
 from vaeflow.modalities.timeseries import anomaly
 from vaeflow.modalities.timeseries import metrics as tsm
 from vaeflow.models.vae import build_model
@@ -74,6 +77,26 @@ def one_class_run(raw: RawSeries, normal: int, config: cfg.ExperimentConfig, epo
     return out
 
 
+def labelled_file(config: cfg.ExperimentConfig) -> RawSeries:
+    """A long-layout file with a label column (``data.source: files``) as a labelled set: whole series
+    dealt to a training and a test split (``data.test_fraction`` of each label's series, at least one,
+    seeded), in place of a UCR set's official split."""
+    raw, _, _ = read_files_raw(config.data)
+    if raw.many is None or not raw.class_names:
+        raise SystemExit("timeseries_anomaly benchmark: the file needs data.layout: long and a data.label_column "
+                         "(one label per series)")
+    xs, ys = raw.many
+    rng = np.random.default_rng(config.seed)
+    test = np.zeros(len(ys), dtype=bool)
+    for c in range(len(raw.class_names)):  # stratified: every class is in both splits
+        idx = rng.permutation(np.flatnonzero(ys == c))
+        test[idx[: max(1, int(round(len(idx) * config.data.test_fraction)))]] = True
+    if test.all():
+        raise SystemExit("timeseries_anomaly benchmark: too few series per label for a training and a test split")
+    split = lambda keep: ([xs[i] for i in np.flatnonzero(keep)], ys[keep])  # noqa: E731
+    return RawSeries(raw.channel_names, splits={"train": split(~test), "test": split(test)}, class_names=raw.class_names)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="ucr-gunpoint")
@@ -88,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config = cfg.load(args.preset, overrides=[f"data.dataset={args.dataset}", *args.overrides])
     except cfg.ConfigError as exc:
         raise SystemExit(f"timeseries_anomaly benchmark: {exc}") from None
-    raw = DATASETS.get_or_raise(args.dataset).load()
+    if config.data.source == "files":  # your own long-layout file with one label per series
+        raw = labelled_file(config)
+        args.dataset = Path(config.data.path).stem
+    else:
+        raw = DATASETS.get_or_raise(args.dataset).load()
     started = time.perf_counter()
     runs = [one_class_run(raw, c, config, args.epochs, s) | {"normal_class": raw.class_names[c], "seed": s}
             for c in range(len(raw.class_names)) for s in range(args.seeds)]

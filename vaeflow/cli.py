@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
     text = "score each window of your own CSV (rows = time steps) with the trained time-series model"
     s = sub.add_parser("anomaly", help=text, description=text)
-    s.add_argument("input", type=Path, help="CSV with one column per channel of the training data (header optional)")
+    s.add_argument("input", type=Path, help="CSV with one column per channel of the training data (header optional), "
+                   "or a CSV/TSV/Parquet file in the wide or long layout (--layout, or the model's data section)")
     # The current config (params.yaml's section, or --preset, + --set) gives evaluate.anomaly_k.
     config_args(s, "timeseries")
     s.add_argument("--root", type=Path, default=Path("."), help="project folder holding models/ (default: .)")
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, help="Monte-Carlo samples of z per window (default: evaluate.anomaly_k of the current config)")
     s.add_argument("--label", type=int, help="class label, for a conditional model")
     s.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo samples (default: 0)")
+    # How to read the file (default: as the model's data section read its training file, docs/timeseries.md).
+    s.add_argument("--layout", choices=("wide", "long"), help="wide (one column per channel) or long (series column)")
+    for flag in ("time-column", "time-format", "series-column", "label-column", "delimiter"):
+        s.add_argument(f"--{flag}", help=f"the data.{flag.replace('-', '_')} to read the file with")
+    s.add_argument("--value-columns", help="comma-separated channel columns (default: the model's channels)")
+    s.add_argument("--missing", choices=("impute", "drop", "reject"), help="what to do with missing values and gaps")
     latent = {
         "interpolate": "decode the straight latent path between two molecules (greedy), with their properties",
         "optimize": "gradient ascent on the property head's prediction from a molecule's latent code, decoded along the way",
@@ -214,7 +221,13 @@ def run(args: argparse.Namespace) -> Any:
         k = args.k if args.k is not None else current.evaluate.anomaly_k
         model, config, _ = checkpoint.load_model(args.model or args.root / "models" / args.modality / "model.pt")
         output = args.output or args.input.with_name(args.input.name + ".scores.csv")
-        return score_csv(model, config, args.input, output, k=k, stride=args.stride, label=args.label, seed=args.seed)
+        reading = {key: getattr(args, key) for key in ("layout", "time_column", "time_format", "series_column",
+                                                       "label_column", "delimiter", "missing")
+                   if getattr(args, key) is not None}
+        if args.value_columns:
+            reading["value_columns"] = [c.strip() for c in args.value_columns.split(",")]
+        return score_csv(model, config, args.input, output, k=k, stride=args.stride, label=args.label, seed=args.seed,
+                         reading=reading)
     if args.command in ("interpolate", "optimize"):
         return latent_command(args)
     config = resolve_config(args)

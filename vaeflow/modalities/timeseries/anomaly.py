@@ -60,8 +60,14 @@ def anomaly_scores(model: Any, windows: torch.Tensor, *, labels: torch.Tensor | 
 
 
 def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Path, *, k: int | None = None,
-              stride: int = 1, label: int | None = None, seed: int = 0) -> dict[str, Any]:
+              stride: int = 1, label: int | None = None, seed: int = 0,
+              reading: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score every window of ``csv_file`` and write one row per window to ``out_file``.
+
+    A model trained on your own files (``data.source: files``), or ``reading`` options (the data
+    section's layout and column keys, e.g. ``{"layout": "long", "series_column": "id"}``), read
+    the file in that layout with :func:`score_file`; otherwise it is a headerless-or-not CSV of
+    the training channels in time order.
 
     Raises:
         SeriesDataError: a file the model cannot score (ragged rows, NaN/inf or non-numbers, a
@@ -70,6 +76,9 @@ def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Pat
     spec = model.input_spec
     if "scaler" not in spec:
         raise SeriesDataError(f"this is not a time-series model (modality {config.modality!r}); pass a time-series model.pt")
+    if reading or config.data.source == "files":
+        return score_file(model, config, csv_file, out_file, k=k, stride=stride, label=label, seed=seed,
+                          reading=reading or {})
     csv_file = Path(csv_file)
     if not csv_file.is_file():
         raise SeriesDataError(f"{csv_file}: no such file")
@@ -102,3 +111,90 @@ def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Pat
     return {"output": str(out_file), "windows": len(windows), "window": window, "stride": stride, "k": k,
             "max_neg_elbo_score": float(scores.neg_elbo[top]), "most_anomalous_start_row": top * stride,
             "median_neg_elbo_score": float(np.median(scores.neg_elbo))}
+
+
+def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, *, k: int | None = None,
+               stride: int = 1, label: int | None = None, seed: int = 0,
+               reading: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score every window of every series of a CSV/TSV(.gz)/Parquet file in the wide or long layout.
+
+    The file is read as prepare reads a training file (``files.read_series_file``) with the model's
+    data section, ``reading`` on top; ``data.value_columns`` defaults to the model's channels. Each
+    series is cleaned with the model's ``data.missing``, scaled with its scaler and cut into its
+    windows; a conditional model takes each series' label from the label column (or ``label``).
+
+    Raises:
+        SeriesDataError, TableError, ConfigError: a file or option the model cannot score, in one line.
+    """
+    from vaeflow.modalities.timeseries.data import clean
+    from vaeflow.modalities.timeseries.files import read_series_file
+
+    spec = model.input_spec
+    reading = dict(reading or {})
+    if reading.get("layout") == "wide":  # one series: the model's series and label columns do not apply
+        reading = {"series_column": None, "label_column": None} | reading
+    data = dataclasses.replace(config.data, source="files", path=str(path), **reading)
+    names = spec.get("raw_channel_names")
+    got = read_series_file(path, data, channels=None if data.value_columns else names)
+    if len(got.channel_names) != spec["raw_channels"]:
+        raise SeriesDataError(f"{path}: {len(got.channel_names)} value columns {got.channel_names}, but the model "
+                              f"was trained on {spec['raw_channels']}{f' ({names})' if names else ''}; set --value-columns")
+    window = spec["length"]
+    classes = {c: i for i, c in enumerate(spec.get("class_names") or [])}
+    if model.num_classes and got.labels is None and label is None:
+        raise SeriesDataError(f"this model is conditional on {model.num_classes} classes: pass --label, or "
+                              "--label-column for a long file with one label per series")
+    scaler = Scaler.from_dict(spec["scaler"])
+    counts: dict[str, Any] = dict.fromkeys(("nonfinite_values", "imputed_values", "dropped_steps",
+                                            "series_all_missing"), 0)
+    rows, all_windows, all_labels, short = [], [], [], 0
+    for i, (sid, values) in enumerate(zip(got.ids, got.series)):
+        times, lines = got.times[i], got.lines[i]
+        keep = np.isfinite(values).all(1) if data.missing == "drop" else None
+        cleaned = clean(values, data.missing, counts, where=f"{path}: series {sid!r}")
+        if cleaned is None or len(cleaned) < window:
+            short += 1
+            continue
+        if keep is not None:  # the steps clean() dropped
+            times = None if times is None else times[keep]
+        scaled = scaler.transform(cleaned[:, spec["channels_kept"]])
+        w = sliding_windows(scaled, window, stride)  # (N_i, T, C)
+        if model.num_classes:
+            text = got.labels[i] if got.labels is not None else None
+            if text is not None and text not in classes:
+                raise SeriesDataError(f"{path}: series {sid!r} has label {text!r}, not one the model knows "
+                                      f"({sorted(classes)})")
+            all_labels.append(np.full(len(w), classes[text] if text is not None else int(label)))
+        all_windows.append(w)
+        for j in range(len(w)):
+            a, b = j * stride, j * stride + window - 1
+            rows.append([sid, j, a, b, _time_text(times, a), _time_text(times, b)])
+    if not all_windows:
+        raise SeriesDataError(f"{path}: no series has the model's window of {window} steps ({short} too short)")
+    windows = torch.as_tensor(np.concatenate(all_windows), dtype=torch.float32)
+    labels = torch.as_tensor(np.concatenate(all_labels), dtype=torch.long) if model.num_classes else None
+    k = k or config.evaluate.anomaly_k
+    scores = anomaly_scores(model, windows, labels=labels, k=k, generator=torch.Generator().manual_seed(seed))
+    with atomic_path(out_file) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["series", "window", "start_step", "end_step", "start_time", "end_time",
+                    "recon_prob_score", "neg_elbo_score"])
+        for row, a, b in zip(rows, scores.recon_prob, scores.neg_elbo):
+            w.writerow([*row, f"{a:.6g}", f"{b:.6g}"])
+    top = int(np.argmax(scores.neg_elbo))
+    return {"output": str(out_file), "series": len(got.series) - short, "series_too_short": short,
+            "windows": len(windows), "window": window, "stride": stride, "k": k,
+            "bad_records": got.counts["bad_records"], "gap_steps": got.counts["gap_steps"],
+            "imputed_values": counts["imputed_values"], "dropped_steps": counts["dropped_steps"],
+            "max_neg_elbo_score": float(scores.neg_elbo[top]), "most_anomalous_series": rows[top][0],
+            "most_anomalous_start_step": rows[top][2], "most_anomalous_start_time": rows[top][4],
+            "median_neg_elbo_score": float(np.median(scores.neg_elbo))}
+
+
+def _time_text(times: np.ndarray | None, step: int) -> str:
+    """A step's time as text: a date/time (int64 ns), a number, or empty without a time column."""
+    import pandas as pd
+
+    if times is None:
+        return ""
+    return str(pd.Timestamp(int(times[step]))) if times.dtype.kind == "i" else f"{times[step]:g}"

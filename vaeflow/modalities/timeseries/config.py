@@ -27,7 +27,9 @@ class TimeSeriesDataConfig(DataConfig):
     # windows, and the windows shuffled (with the seed) before the fractions are taken. Overlapping
     # windows then share time steps across splits, so validation and test scores are optimistic;
     # use it to compare with published numbers, not to estimate how a model does on the future.
-    split: Literal["time", "shuffled"] = "time"
+    # "series" (your own files with several series): whole series dealt to train / val / test by the
+    # fractions with the seed, for sets of many short series; with one long series use "time".
+    split: Literal["time", "shuffled", "series"] = "time"
     # Per-channel scaling fitted on the training split only: minmax to [0, 1] (TimeGAN) or standard.
     scaling: Literal["minmax", "standard"] = "minmax"
     # NaN/inf values: impute (carry the last finite value forward, the first one backward), drop
@@ -41,6 +43,23 @@ class TimeSeriesDataConfig(DataConfig):
     # Seeded subsets of the windows (or series); None keeps the whole split.
     limit_train: int | None = None
     limit_test: int | None = None
+    # --- your own file (source: files, docs/timeseries.md) ------------------------------------------
+    # wide: one row per time step, one column per channel (one series); long: one row per (series,
+    # time step), several series told apart by series_column, each with an optional label.
+    layout: Literal["wide", "long"] = "wide"
+    # The time column (dates/times or numbers); rows are sorted by it. None: the rows are in time order.
+    time_column: str | None = None
+    # strftime format of the time column (e.g. "%d-%b-%y"); None reads ISO 8601 dates and times.
+    time_format: str | None = None
+    # The sampling interval: a number (numeric times) or a pandas frequency ("D", "B" business days,
+    # "15min", "h"); None infers it per series as the median step. Steps missing from that grid are gaps.
+    frequency: str | float | None = None
+    series_column: str | None = None  # long layout: the series id
+    label_column: str | None = None  # long layout: one label per series (feeds model.conditional)
+    # The channels; None: every column other than the time, series and label columns.
+    value_columns: list[str] | None = None
+    # CSV field separator; None: a tab for .tsv(.gz), a comma otherwise.
+    delimiter: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +72,22 @@ class TimeSeriesDataConfig(DataConfig):
         for key in ("limit_train", "limit_test"):
             value = getattr(self, key)
             require(value is None or value >= 0, f"data.{key} must be ≥ 0 or null (the whole split), got {value}")
+        if self.layout == "long":
+            require(bool(self.series_column), "data.layout is long but data.series_column is not set; name the "
+                    "column that holds the series id (or use data.layout: wide for one series)")
+        else:
+            for key in ("series_column", "label_column"):
+                require(getattr(self, key) is None, f"data.{key} is for data.layout: long (several series in one "
+                        "file, one label per series); set data.layout: long or remove it")
+        named = [c for c in (self.time_column, self.series_column, self.label_column) if c]
+        require(len(set(named)) == len(named), f"data.time_column, series_column and label_column must be "
+                f"different columns, got {named}")
+        require(self.value_columns is None or (len(self.value_columns) > 0 and not set(self.value_columns) & set(named)),
+                "data.value_columns must list at least one column, none of them the time, series or label column")
+        require(self.frequency is None or isinstance(self.frequency, str) or self.frequency > 0,
+                f"data.frequency must be a pandas frequency such as 'D', a number > 0, or null, got {self.frequency}")
+        require(self.delimiter is None or len(self.delimiter) == 1,
+                f"data.delimiter must be one character (e.g. ',' or '\\t'), got {self.delimiter!r}")
 
 
 # Time series sample with the common section.

@@ -26,16 +26,14 @@ import torch
 
 from vaeflow.modalities.timeseries.config import TimeSeriesDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs
+from vaeflow.modalities.timeseries.errors import SeriesDataError
+from vaeflow.modalities.timeseries.files import read_series_file, write_rejects
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path
 from vaeflow.registry import DATASETS
 from vaeflow.splits import subset
 
 SPLITS = ("train", "val", "test")
-
-
-class SeriesDataError(ValueError):
-    """Time-series input that the configured policy rejects; the message says what and where."""
 
 
 # --- raw sources ---------------------------------------------------------------------------------
@@ -45,13 +43,15 @@ class SeriesDataError(ValueError):
 class RawSeries:
     """What a source yields before cleaning: per split, a list of (T_i, C) float arrays and labels.
 
-    ``splits`` is None for one long series (``series``) that prepare cuts by time.
+    ``splits`` is None for one long series (``series``) that prepare cuts by time, or for several
+    series without a given split (``many``, a user's file), which ``data.split`` cuts.
     """
 
     channel_names: list[str]
     series: np.ndarray | None = None  # (T, C) for one long series
     splits: dict[str, tuple[list[np.ndarray], np.ndarray]] | None = None  # split → (series list, labels)
     class_names: list[str] = dataclasses.field(default_factory=list)
+    many: tuple[list[np.ndarray], np.ndarray] | None = None  # (series list, labels) with no split yet
 
 
 def read_numeric_csv(text: str, *, name: str, channels: int | None = None) -> tuple[np.ndarray, list[str]]:
@@ -173,6 +173,22 @@ DATASETS.register("air")(
 for _name in ("GunPoint", "ItalyPowerDemand", "ArrowHead", "OSULeaf", "BasicMotions",
               "JapaneseVowels", "PickupGestureWiimoteZ"):
     DATASETS.register(f"ucr-{_name.lower()}")(AeonClassification(_name))
+
+
+def read_files_raw(config: DataConfig) -> tuple[RawSeries, dict[str, Any], list[dict[str, Any]]]:
+    """A user's file (``data.source: files``) as a raw source, its counts and its rejects.csv rows."""
+    got = read_series_file(config.path, config)
+    class_names: list[str] = []
+    labels = np.full(len(got.series), -1, dtype=np.int64)
+    if got.labels is not None:
+        class_names = sorted(set(got.labels), key=lambda c: (len(c), c))
+        index = {c: i for i, c in enumerate(class_names)}
+        labels = np.array([index[c] for c in got.labels], dtype=np.int64)
+    if config.layout == "wide":
+        raw = RawSeries(channel_names=got.channel_names, series=got.series[0])
+    else:
+        raw = RawSeries(channel_names=got.channel_names, many=(got.series, labels), class_names=class_names)
+    return raw, got.counts, got.rejects
 
 
 # --- cleaning, scaling, windowing (pure functions) ------------------------------------------------
@@ -305,7 +321,16 @@ def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[st
          "short_series_dropped", "short_series_padded", "unequal_lengths_padded", "constant_channels_dropped"), 0)
     shuffled = raw.splits is None and config.split == "shuffled"
     if shuffled:  # one "train" part now; its windows are dealt out to the splits at the end
-        splits = {"train": ([raw.series], np.array([-1]))}
+        splits = {"train": raw.many if raw.many is not None else ([raw.series], np.array([-1]))}
+    elif raw.many is not None and config.split == "series":
+        splits = series_split(raw.many, config.val_fraction, config.test_fraction, seed)
+    elif raw.many is not None:  # each series cut in time order, the spans pooled per split
+        xs, ys = raw.many
+        cut = [time_split(x, config.val_fraction, config.test_fraction) for x in xs]
+        splits = {s: ([c[s] for c in cut], np.asarray(ys)) for s in SPLITS}
+    elif raw.splits is None and config.split == "series":
+        raise SeriesDataError("data.split is series (whole series dealt to the splits), but this data set is one "
+                              "series; use data.split: time or shuffled")
     elif raw.splits is None:
         parts = time_split(raw.series, config.val_fraction, config.test_fraction)
         splits = {s: ([v], np.array([-1])) for s, v in parts.items()}
@@ -381,6 +406,26 @@ def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[st
     return out, scaler, counts
 
 
+def series_split(many: tuple[list[np.ndarray], np.ndarray], val_fraction: float, test_fraction: float,
+                 seed: int) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """Deal whole series (x list, labels) to train / val / test by the fractions, seeded (``data.split: series``).
+
+    Raises:
+        SeriesDataError: a split would get no series.
+    """
+    xs, ys = many
+    order = np.random.default_rng(seed).permutation(len(xs))
+    n_val, n_test = int(round(len(xs) * val_fraction)), int(round(len(xs) * test_fraction))
+    parts = {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
+    wanted = {"val": val_fraction, "test": test_fraction, "train": 1.0}
+    empty = [name for name, idx in parts.items() if wanted[name] > 0 and not len(idx)]
+    if empty:
+        raise SeriesDataError(f"{len(xs)} series leave none for {', '.join(empty)} with data.split: series; use more "
+                              "series, other data.val_fraction/test_fraction, or data.split: time (each series cut in time)")
+    ys = np.asarray(ys)
+    return {name: ([xs[i] for i in np.sort(idx)], ys[np.sort(idx)]) for name, idx in parts.items()}
+
+
 def shuffle_split(windows: tuple[np.ndarray, np.ndarray, np.ndarray], val_fraction: float, test_fraction: float,
                   seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Deal shuffled windows (x, y, lengths) out to train / val / test by the fractions (``data.split: shuffled``).
@@ -436,10 +481,15 @@ def windows_to_inputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class TimeSeriesData(ModalityData):
     def prepare(self, config: DataConfig, seed: int, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-        source = DATASETS.get_or_raise(config.dataset, "data.dataset")
-        if not hasattr(source, "load"):
-            raise SeriesDataError(f"data.dataset {config.dataset!r} is not a time-series data set")
-        raw = source.load()
+        file_counts: dict[str, Any] = {}
+        rejects: list[dict[str, Any]] | None = None
+        if config.source == "files":
+            raw, file_counts, rejects = read_files_raw(config)
+        else:
+            source = DATASETS.get_or_raise(config.dataset, "data.dataset")
+            if not hasattr(source, "load"):
+                raise SeriesDataError(f"data.dataset {config.dataset!r} is not a time-series data set")
+            raw = source.load()
         splits, scaler, counts = build_splits(raw, config, seed)
         for split, (x, _, _) in splits.items():
             if len(x) == 0:
@@ -451,7 +501,7 @@ class TimeSeriesData(ModalityData):
         x_train = splits["train"][0]
         channel_names = [raw.channel_names[i] for i in counts["channels_kept"]]
         spec = {
-            "dataset": config.dataset,
+            "dataset": config.dataset if config.source == "dataset" else None,
             "length": int(x_train.shape[1]),
             "channels": int(x_train.shape[2]),
             "channel_names": channel_names,
@@ -465,16 +515,21 @@ class TimeSeriesData(ModalityData):
             "raw_channels": len(raw.channel_names),
             "channels_kept": counts["channels_kept"],
         }
+        if config.source == "files":  # (a built-in set's spec stays as it was: its outputs do not change)
+            spec["raw_channel_names"] = list(raw.channel_names)  # the columns `vaeflow anomaly` reads
+            spec["source"] = {"path": config.path, "layout": config.layout}
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             for split, (x, y, lengths) in splits.items():
                 np.savez(tmp / f"{split}.npz", x=x, y=y, lengths=lengths)
             (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
             (tmp / "scaler.json").write_text(json.dumps(scaler.to_dict() | {"channels": channel_names}, indent=2) + "\n")
+            if rejects is not None:
+                write_rejects(tmp / "rejects.csv", rejects)
         metrics = {f"n_{split}": int(len(y)) for split, (_, y, _) in splits.items()}
         metrics |= {k: v for k, v in counts.items() if k != "channels_kept"}
         metrics["rejected"] = int(counts["series_all_missing"] + counts["short_series_dropped"])
-        return metrics
+        return metrics | file_counts
 
     def load(self, processed_dir: Path, split: str) -> WindowDataset:
         if split not in SPLITS:
