@@ -52,12 +52,19 @@ PARAM_CHANGES = [
     ("molecule.data.limit_train", 100, _stale("prepare", modality="molecule")),
     # The novelty reference of the sampled and evaluated molecules.
     ("molecule.data.dataset", "qm9", _stale("prepare", "sample", "evaluate", modality="molecule")),
+    # Your own file's training split, not data.dataset's, is the novelty reference.
+    ("molecule.data.source", "files", _stale("prepare", "sample", "evaluate", modality="molecule")),
     ("molecule.sample.temperature", 0.5, _stale("sample", modality="molecule")),
 ]
 
 # A file touched → the stages whose output it decides.
 FILE_CHANGES = [
-    ("vaeflow/modalities/molecule/metrics.py", _stale("sample", "evaluate", modality="molecule")),
+    # Prepare computes the reference statistics of your own file's test split with it.
+    ("vaeflow/modalities/molecule/metrics.py", _stale("prepare", "sample", "evaluate", modality="molecule")),
+    # Your own files: the table reader (molecules, time series) and each modality's file reader.
+    ("vaeflow/tables.py", _stale("prepare", modality="molecule") | _stale("prepare", modality="timeseries")),
+    ("vaeflow/modalities/image/files.py", _stale("prepare")),
+    ("vaeflow/modalities/timeseries/files.py", _stale("prepare", modality="timeseries")),
     ("vaeflow/modalities/molecule/chem.py", _stale(*ALL, modality="molecule")),
     ("vaeflow/modalities/image/data.py", _stale(*ALL)),
     ("vaeflow/modalities/image/task.py", _stale("sample", "evaluate")),
