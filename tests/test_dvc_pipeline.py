@@ -121,3 +121,46 @@ def test_whole_pipeline_every_modality_then_noop(repo):
     _assert_runs_every_stage(_run(["dvc", "repro"], repo, timeout=1800), [m for m in _modalities() if m != "image"])
     assert "Running stage" not in _run(["dvc", "repro"], repo)
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
+@pytest.mark.slow
+def test_your_own_file_through_dvc_reruns_everything_only_when_it_changes(tmp_path):
+    """README's "Your own data" walkthrough (the long time-series example, fewer epochs): dvc add,
+    the preset into params.yaml, dvc repro; unchanged, nothing runs; a changed file reruns prepare
+    and every stage after it; the MLflow run records the file's DVC md5."""
+    import mlflow
+
+    dest = copy_tracked_files(tmp_path)  # the tracking URI in the preset is relative: the repo's own
+    _run(["git", "init", "-q"], dest)
+    name = "basicmotions_long.csv"
+    shutil.copy(dest / "examples/timeseries" / name, dest / "data/raw/timeseries" / name)
+    _run(["dvc", "add", "-q", f"data/raw/timeseries/{name}"], dest)
+    _run([sys.executable, "-m", "vaeflow.cli", "params", "--modality", "timeseries",
+          "--preset", "configs/timeseries/files-long.yaml", "--set", "train.epochs=2",
+          "--set", "evaluate.posthoc_steps=20", "--set", "evaluate.posthoc_seeds=1", "--set", "evaluate.iwae_k=4",
+          "--set", "sample.n=16"], dest)
+    out = _run(["dvc", "repro", "evaluate@timeseries", "sample@timeseries"], dest, timeout=900)
+    _assert_runs_every_stage(out, ["timeseries"])
+    prepared = json.loads((dest / "metrics/timeseries/prepare.json").read_text())
+    assert prepared["rejected"] == 0 and prepared["series_read"] == 24 and prepared["rows_read"] == 2400
+
+    assert "Running stage" not in _run(["dvc", "repro", "evaluate@timeseries", "sample@timeseries"], dest)
+
+    # One value changed in the file: prepare and everything after it run again.
+    path = dest / "data/raw/timeseries" / name
+    header, first, *rest = path.read_text().splitlines(keepends=True)
+    fields = first.rstrip("\n").split(",")
+    value = header.rstrip("\n").split(",").index("acc_x")
+    fields[value] = str(float(fields[value]) + 0.5)
+    path.write_text("".join([header, ",".join(fields) + "\n", *rest]))
+    _run(["dvc", "add", "-q", f"data/raw/timeseries/{name}"], dest)
+    out = _run(["dvc", "repro", "evaluate@timeseries", "sample@timeseries"], dest, timeout=900)
+    _assert_runs_every_stage(out, ["timeseries"])
+
+    md5 = yaml.safe_load((dest / f"data/raw/timeseries/{name}.dvc").read_text())["outs"][0]["md5"]
+    client = mlflow.MlflowClient(f"sqlite:///{dest}/mlflow.db")
+    experiment = client.get_experiment_by_name("vaeflow-timeseries").experiment_id
+    runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2 and runs[0].data.tags["dvc.source_md5"] == md5
+    assert runs[1].data.tags["dvc.source_md5"] != md5  # the first run, on the file before the change
+    assert runs[0].data.tags["vaeflow.source_path"] == f"data/raw/timeseries/{name}"

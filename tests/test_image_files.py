@@ -380,6 +380,8 @@ def test_pixel_scales_need_a_likelihood_with_a_scale():
 # --- the whole pipeline on the RGB examples -------------------------------------------------------------
 
 
+# About 30 s (a Ray fit and IWAE): -m slow, to keep the default suite within 10 minutes.
+@pytest.mark.slow
 def test_rgb_photos_train_sample_and_evaluate_through_the_cli(tmp_path, monkeypatch, ray_cluster):
     """prepare → train (Ray Train, 2 workers) → sample → evaluate on the example photos, one MLflow run."""
     import shutil

@@ -335,6 +335,9 @@ def test_anomaly_command_reads_the_long_layout(tmp_path, capsys):
 # --- the wide example through the product ---------------------------------------------------------
 
 
+# About 30 s (a Ray fit): -m slow; the default suite trains on your own molecules end to end, and the
+# slow DVC test runs the long-layout example through every stage.
+@pytest.mark.slow
 def test_wide_example_pipeline_ray_mlflow(tmp_path, ray_cluster):
     preset = ROOT / "configs/timeseries/files-wide.yaml"
     config = _config(tmp_path, EXAMPLES / "goog_daily.csv", "train.epochs=1", "evaluate.iwae_k=5",
