@@ -16,7 +16,6 @@ import pytest
 import torch
 from rdkit import Chem
 
-from vaeflow import config as cfg
 from vaeflow import stages
 from vaeflow.modalities.molecule import data as mol
 from vaeflow.modalities.molecule.config import MoleculeDataConfig, StandardizeConfig

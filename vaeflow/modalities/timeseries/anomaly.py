@@ -149,7 +149,7 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
                                             "series_all_missing"), 0)
     rows, all_windows, all_labels, short = [], [], [], 0
     for i, (sid, values) in enumerate(zip(got.ids, got.series)):
-        times, lines = got.times[i], got.lines[i]
+        times = got.times[i]
         keep = np.isfinite(values).all(1) if data.missing == "drop" else None
         cleaned = clean(values, data.missing, counts, where=f"{path}: series {sid!r}")
         if cleaned is None or len(cleaned) < window:

@@ -406,6 +406,23 @@ def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[st
     return out, scaler, counts
 
 
+def _deal(n: int, val_fraction: float, test_fraction: float, seed: int, what: str, advice: str) -> dict[str, np.ndarray]:
+    """Sorted indices of ``n`` items dealt at random (seeded) to train / val / test by the fractions.
+
+    Raises:
+        SeriesDataError: a split with a fraction above 0 would get no item (``what`` names them,
+            ``advice`` says what to change).
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
+    parts = {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
+    wanted = {"val": val_fraction, "test": test_fraction, "train": 1.0}
+    empty = [name for name, idx in parts.items() if wanted[name] > 0 and not len(idx)]
+    if empty:
+        raise SeriesDataError(f"{n} {what} leave none for {', '.join(empty)}; {advice}")
+    return {name: np.sort(idx) for name, idx in parts.items()}
+
+
 def series_split(many: tuple[list[np.ndarray], np.ndarray], val_fraction: float, test_fraction: float,
                  seed: int) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     """Deal whole series (x list, labels) to train / val / test by the fractions, seeded (``data.split: series``).
@@ -414,16 +431,10 @@ def series_split(many: tuple[list[np.ndarray], np.ndarray], val_fraction: float,
         SeriesDataError: a split would get no series.
     """
     xs, ys = many
-    order = np.random.default_rng(seed).permutation(len(xs))
-    n_val, n_test = int(round(len(xs) * val_fraction)), int(round(len(xs) * test_fraction))
-    parts = {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
-    wanted = {"val": val_fraction, "test": test_fraction, "train": 1.0}
-    empty = [name for name, idx in parts.items() if wanted[name] > 0 and not len(idx)]
-    if empty:
-        raise SeriesDataError(f"{len(xs)} series leave none for {', '.join(empty)} with data.split: series; use more "
-                              "series, other data.val_fraction/test_fraction, or data.split: time (each series cut in time)")
+    parts = _deal(len(xs), val_fraction, test_fraction, seed, "series with data.split: series",
+                  "use more series, other data.val_fraction/test_fraction, or data.split: time (each series cut in time)")
     ys = np.asarray(ys)
-    return {name: ([xs[i] for i in np.sort(idx)], ys[np.sort(idx)]) for name, idx in parts.items()}
+    return {name: ([xs[i] for i in idx], ys[idx]) for name, idx in parts.items()}
 
 
 def shuffle_split(windows: tuple[np.ndarray, np.ndarray, np.ndarray], val_fraction: float, test_fraction: float,
@@ -434,15 +445,8 @@ def shuffle_split(windows: tuple[np.ndarray, np.ndarray, np.ndarray], val_fracti
         SeriesDataError: a split would get no window.
     """
     x, y, lengths = windows
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val, n_test = int(round(len(x) * val_fraction)), int(round(len(x) * test_fraction))
-    parts = {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
-    wanted = {"val": val_fraction, "test": test_fraction, "train": 1.0}
-    empty = [name for name, idx in parts.items() if wanted[name] > 0 and not len(idx)]
-    if empty:
-        raise SeriesDataError(f"{len(x)} windows leave none for {', '.join(empty)}; "
-                              "use a longer series, a smaller data.window or other data.val_fraction/test_fraction")
-    parts = {name: np.sort(idx) for name, idx in parts.items()}
+    parts = _deal(len(x), val_fraction, test_fraction, seed, "windows",
+                  "use a longer series, a smaller data.window or other data.val_fraction/test_fraction")
     return {name: (x[idx], y[idx], lengths[idx]) for name, idx in parts.items()}
 
 
