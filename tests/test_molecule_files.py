@@ -233,6 +233,9 @@ def test_reference_statistics_of_your_test_split_and_novelty_against_your_train(
     assert mol.novelty_set(config, tmp_path / "out") == frozenset(splits["train"])
 
 
+# About 30–60 s (Ray fits, sample, evaluate, optimize): -m slow, so the default suite stays within
+# 10 minutes on 2 cores.
+@pytest.mark.slow
 def test_measured_property_conditions_sampling_and_optimize_end_to_end(tmp_path, ray_cluster, capsys):
     """The example ChEMBL series (first 300 rows) through prepare → train (Ray, 2 workers) → sample
     with sample.properties {pIC50: 7.0} → evaluate, then `vaeflow optimize --property pIC50`."""
