@@ -116,7 +116,14 @@ def test_the_example_files_prepare_as_three_rgb_classes(tmp_path):
     spec = json.loads((processed / "spec.json").read_text())
     assert spec["class_names"] == ["china", "flower", "hopper"] and spec["channels"] == 3
     assert counts["rejected"] == 0 and sum(counts[f"n_{s}"] for s in ("train", "val", "test")) == 120
-    counts, processed = _prepare(tmp_path / "b", EXAMPLES / "photos.npz")
+    # The array format on the same photos: the first 8 of each class stacked into one .npz.
+    from PIL import Image
+
+    classes = sorted(p.name for p in (EXAMPLES / "photos").iterdir())
+    files = [(c, f) for c in classes for f in sorted((EXAMPLES / "photos" / c).glob("*.png"))[:8]]
+    np.savez(tmp_path / "photos.npz", images=np.stack([np.asarray(Image.open(f)) for _, f in files]),
+             labels=np.asarray([classes.index(c) for c, _ in files], dtype=np.int64))
+    counts, processed = _prepare(tmp_path / "b", tmp_path / "photos.npz")
     assert sum(counts[f"n_{s}"] for s in ("train", "val", "test")) == 24
     size = sum(p.stat().st_size for p in EXAMPLES.rglob("*") if p.is_file())
     assert size < 1_000_000

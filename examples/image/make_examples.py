@@ -1,14 +1,12 @@
-"""Make the example images in examples/image/: photos/<class>/*.png and photos.npz.
+"""Make the example images in examples/image/: photos/<class>/*.png.
 
 Three photos that ship inside installed packages, one class each: scikit-learn's
 ``sklearn/datasets/images/china.jpg`` and ``flower.jpg`` and matplotlib's
 ``mpl-data/sample_data/grace_hopper.jpg``. From each, PER_CLASS square patches of a random side
 (64 to 160 pixels) at random places are cut and scaled down to SIZE × SIZE RGB PNGs (seeded, so the
-files are the same on every run). ``photos.npz`` holds the first NPZ_PER_CLASS of each class as one
-array (``images`` (N, SIZE, SIZE, 3) uint8, ``labels`` (N,) int64, classes in sorted order), for the
-array format.
+files are the same on every run).
 
-    python examples/image/make_examples.py          # rewrites examples/image/photos/ and photos.npz
+    python examples/image/make_examples.py          # rewrites examples/image/photos/
 
 Origins and licences: examples/image/README.md.
 """
@@ -23,7 +21,6 @@ from PIL import Image
 
 SIZE = 32
 PER_CLASS = 40
-NPZ_PER_CLASS = 8
 HERE = Path(__file__).resolve().parent
 
 
@@ -58,18 +55,12 @@ def main() -> None:
     root = HERE / "photos"
     if root.exists():
         shutil.rmtree(root)
-    images, labels = [], []
-    for label, (name, photo) in enumerate(sorted(sources().items())):
+    for name, photo in sorted(sources().items()):
         (root / name).mkdir(parents=True)
         for i, patch in enumerate(patches(photo, PER_CLASS, rng)):
             patch.save(root / name / f"{name}_{i:02d}.png", optimize=True)
-            if i < NPZ_PER_CLASS:
-                images.append(np.asarray(patch))
-                labels.append(label)
-    np.savez_compressed(HERE / "photos.npz", images=np.stack(images), labels=np.asarray(labels, dtype=np.int64))
-    total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file() and p.suffix in (".png", ".npz"))
-    print(f"{PER_CLASS * len(sources())} images of {SIZE}x{SIZE} in {root}, {len(images)} in photos.npz, "
-          f"{total / 1024:.0f} KiB")
+    total = sum(p.stat().st_size for p in root.rglob("*.png"))
+    print(f"{PER_CLASS * len(sources())} images of {SIZE}x{SIZE} in {root}, {total / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":
