@@ -106,6 +106,21 @@ def _split_value(value: Any) -> str | None:
     return text if text in SPLITS else None
 
 
+def _record(line: int, ident: str, smiles: str, split_column: str | None, raw_split: Any, raw_values: list[Any],
+            names: list[str]) -> tuple[Record | None, Reject | None]:
+    """One record, or the reject for its unknown split value or its first missing / non-numeric property."""
+    split = None
+    if split_column:
+        split = _split_value(raw_split)
+        if split is None:
+            shown = "" if raw_split is None else str(raw_split).strip()
+            return None, (line, ident, smiles, f"unknown split value {shown[:20]!r} (use train, val or test)")
+    vals, why = _values(raw_values, names)
+    if vals is None:
+        return None, (line, ident, smiles, why)
+    return Record(line, smiles, ident, split, vals), None
+
+
 def _values(raw: list[Any], names: list[str]) -> tuple[tuple[float, ...] | None, str]:
     """Property values as floats, or None and the reason (the first missing / non-numeric one)."""
     out = []
@@ -164,17 +179,8 @@ def _table(path: Path, config: MoleculeDataConfig) -> Iterator[tuple[Record | No
             line = int(lines[i])
             ident = "" if ids is None else str(ids[i]).strip()
             s = "" if smiles[i] is None else str(smiles[i]).strip()
-            split = None
-            if splits is not None:
-                split = _split_value(splits[i])
-                if split is None:
-                    yield None, (line, ident, s, f"unknown split value {str(splits[i]).strip()[:20]!r} (use train, val or test)")
-                    continue
-            vals, why = _values([r[i] for r in raw], names)
-            if vals is None:
-                yield None, (line, ident, s, why)
-                continue
-            yield Record(line, s, ident, split, vals), None
+            yield _record(line, ident, s, config.split_column, None if splits is None else splits[i],
+                          [r[i] for r in raw], names)
 
 
 def _sdf(path: Path, config: MoleculeDataConfig) -> Iterator[tuple[Record | None, Reject | None]]:
@@ -194,22 +200,9 @@ def _sdf(path: Path, config: MoleculeDataConfig) -> Iterator[tuple[Record | None
                 ident = str(props.get(config.id_column, "")) if config.id_column else (
                     mol.GetProp("_Name") if mol.HasProp("_Name") else "")
                 smiles = Chem.MolToSmiles(mol)
-                split = None
-                if config.split_column:
-                    split = _split_value(props.get(config.split_column))
-                    if split is None:
-                        yield None, (i, ident, smiles, f"unknown split value {str(props.get(config.split_column, ''))[:20]!r} "
-                                                       "(use train, val or test)")
-                        continue
-                missing = [c for c in names if c not in props]
-                if missing:
-                    yield None, (i, ident, smiles, f"missing {missing[0]} value")
-                    continue
-                vals, why = _values([props[c] for c in names], names)
-                if vals is None:
-                    yield None, (i, ident, smiles, why)
-                    continue
-                yield Record(i, smiles, ident, split, vals), None
+                # A property the record lacks reads as missing (None), like an empty table cell.
+                yield _record(i, ident, smiles, config.split_column, props.get(config.split_column) if config.split_column
+                              else None, [props.get(c) for c in names], names)
     except (OSError, EOFError, RuntimeError) as exc:
         raise TableError(f"{path}: unreadable as SDF ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                          "check the file (a .sdf.gz must be gzip)") from None
