@@ -194,9 +194,9 @@ STANDARDIZE_STEPS = ("largest_fragment", "neutralize", "tautomer")
 def _standardizers() -> dict[str, Any]:
     from rdkit.Chem.MolStandardize import rdMolStandardize
 
-    return {"largest_fragment": rdMolStandardize.LargestFragmentChooser(),
-            "neutralize": rdMolStandardize.Uncharger(),
-            "tautomer": rdMolStandardize.TautomerEnumerator()}
+    return {"largest_fragment": rdMolStandardize.LargestFragmentChooser().choose,
+            "neutralize": rdMolStandardize.Uncharger().uncharge,
+            "tautomer": rdMolStandardize.TautomerEnumerator().Canonicalize}
 
 
 def standardise(mol: Any, steps: Sequence[str]) -> tuple[Any, list[str]]:
@@ -217,12 +217,7 @@ def standardise(mol: Any, steps: Sequence[str]) -> tuple[Any, list[str]]:
         if step not in steps:
             continue
         try:
-            if step == "largest_fragment":
-                out = tools[step].choose(mol)
-            elif step == "neutralize":
-                out = tools[step].uncharge(mol)
-            else:
-                out = tools[step].Canonicalize(mol)
+            out = tools[step](mol)
             Chem.SanitizeMol(out)
         except (ValueError, RuntimeError) as exc:
             raise Rejected(f"standardisation step {step} failed ({type(exc).__name__})") from None
