@@ -184,9 +184,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vaeflow.modalities.timeseries.data import SeriesDataError
     from vaeflow.registry import RegistryError
     from vaeflow.tables import TableError
+    from vaeflow.tracking import TrackingUnavailable
 
     errors: list[type[BaseException]] = [cfg.ConfigError, RegistryError, DataNotFoundError, IdxFormatError,
-                                         FileNotFoundError, JobFailed, SeriesDataError, TableError]
+                                         FileNotFoundError, JobFailed, SeriesDataError, TableError, TrackingUnavailable]
     try:
         from vaeflow.training.ray import TrainingError
 

@@ -193,6 +193,9 @@ class TrackingConfig:
     experiment: str = "vaeflow"
     registered_model: str = "vaeflow-image"
     alias: str = "candidate"
+    # How long a job waits for an unreachable tracking server before it stops (checkpoints kept; the
+    # same command resumes into the same run). Epoch metrics are kept meanwhile and sent once it is back.
+    outage_limit_s: float = 600.0
 
 
 # The sections whose type the modality declares (its Modality's data_config, sample_config, evaluate_config).

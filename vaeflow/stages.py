@@ -7,6 +7,7 @@ metrics it wrote, and logs into the job's single MLflow run (opened by ``train``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -101,6 +102,8 @@ def _resume_or_start(config: ExperimentConfig, tags: dict[str, str]) -> tuple[st
                 c.update_run(job["mlflow_run_id"], status="RUNNING")
                 log.info("resuming %s (MLflow run %s)", name, job["mlflow_run_id"])
                 return name, job["mlflow_run_id"]
+            except tracking.TrackingUnavailable:
+                raise
             except Exception:  # the tracking store lost that run: keep the checkpoints, open a new run
                 log.warning("MLflow run %s not found; logging the resumed job to a new run", job.get("mlflow_run_id"))
         run_id = tracking.start_run(config, tags, run_name=name)
@@ -117,11 +120,32 @@ def _write_history_csv(history: list[dict[str, float]], path: Path) -> None:
 
 
 def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example: Any, tags: dict[str, str]) -> str:
-    """Log the pyfunc model with signature and input example, register it and point the alias at it."""
+    """Log the pyfunc model with signature and input example, register it and point the alias at it.
+
+    Waits out a tracking-server outage, without registering twice: a version already registered
+    from this run (before the connection broke) is the one the alias gets.
+    """
+    uri, limit = tracking.tracking_uri(config.tracking), config.tracking.outage_limit_s
+    c = tracking.client(config.tracking)
+    name = config.tracking.registered_model
+    version = tracking.retrying(lambda: _log_and_register(config, c, run_id, model_file, example),
+                                what="logging the model", uri=uri, limit_s=limit)
+    c.set_registered_model_alias(name, config.tracking.alias, version)
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, value)
+    return version
+
+
+def _log_and_register(config: ExperimentConfig, c: Any, run_id: str, model_file: Path, example: Any) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
     from vaeflow.serving import PREDICT_PARAMS, VAEPyfunc
+
+    name = config.tracking.registered_model
+    done = c.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if done:
+        return str(done[0].version)
 
     # The signature's output is what the logged model answers (encode mode, default params), so a
     # conditional model gets its default condition here exactly as it will when served.
@@ -129,7 +153,6 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
     pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(model_file)}))
     output = pyfunc.predict(None, example)
     signature = infer_signature(example, output, params=PREDICT_PARAMS)
-    name = config.tracking.registered_model
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -141,12 +164,7 @@ def _log_model(config: ExperimentConfig, run_id: str, model_file: Path, example:
             pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "pyyaml"],
             registered_model_name=name,
         )
-    c = tracking.client(config.tracking)
-    version = str(info.registered_model_version)
-    c.set_registered_model_alias(name, config.tracking.alias, version)
-    for key, value in tags.items():
-        c.set_model_version_tag(name, version, key, value)
-    return version
+    return str(info.registered_model_version)
 
 
 def _check_model_builds(config: ExperimentConfig, modality: Any, processed: Path) -> None:
@@ -199,11 +217,17 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress)
     except TrainingError:
         # Shown as failed in the UI; the job marker stays "running", so the same command resumes it.
-        tracking.client(config.tracking).set_terminated(run_id, "FAILED")
+        # (One try: the tracking server may be what failed; the run then shows RUNNING until resumed.)
+        with contextlib.suppress(Exception):
+            tracking.client(config.tracking, patient=False).set_terminated(run_id, "FAILED")
         raise
 
     best = checkpoint.load(result.best)
     history = result.history
+    c = tracking.client(config.tracking)
+    # Epochs the controller could not send (the tracking server was down at the last reports).
+    if sent := tracking.log_missing_epochs(c, run_id, history, f"val_{score}"):
+        log.info("logged %d epoch(s) that the tracking server missed during training", sent)
     best_val = history[best["epoch"] - 1][f"val_{score}"]
     with atomic_path(paths.model) as tmp:
         tmp.mkdir()
@@ -225,7 +249,6 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         (tmp / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
     _write_history_csv(history, paths.plots / "history.csv")
     plots.training_curves(history, paths.plots / "training_curves.png")
-    c = tracking.client(config.tracking)
     c.log_artifact(run_id, str(paths.plots / "training_curves.png"), "plots")
     c.log_artifact(run_id, str(paths.plots / "history.csv"), "plots")
 

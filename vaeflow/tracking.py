@@ -13,12 +13,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
@@ -29,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from vaeflow.config import ExperimentConfig, TrackingConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _BATCH = 100  # MLflow's log_batch limit for params per call
 # Sections that the sample and evaluate stages log themselves, when they run (not train, which never reads them).
@@ -47,10 +49,14 @@ def tracking_uri(config: TrackingConfig) -> str:
     return uri
 
 
-def client(config: TrackingConfig) -> MlflowClient:
+def client(config: TrackingConfig, *, patient: bool = True) -> Any:
+    """The job's client: an ``MlflowClient`` that waits out a tracking-server outage (``PatientClient``),
+    or, with ``patient=False``, one that tries once (for what is not worth waiting for)."""
     uri = tracking_uri(config)
+    fail_fast_http()
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return PatientClient(c, uri, config.outage_limit_s) if patient else c
 
 
 def experiment_id(c: MlflowClient, config: TrackingConfig) -> str:
@@ -210,3 +216,94 @@ def log_stage_config(c: MlflowClient, run_id: str, stage: str, section: Any, use
         path.write_text(json.dumps({"config": plain, "used": dict(used or {})}, indent=2, sort_keys=True, default=str) + "\n")
         c.log_artifact(run_id, str(path), "stage_config")
     return values
+
+
+# --- Outage: retry with backoff, keep what could not be sent ---------------------------------------
+#
+# MLflow's client retries a failed request 7 times with exponential backoff (about 4 minutes) and
+# then raises, which would end a training job; its async logging queues in a thread that is known to
+# hang at exit. vaeflow instead asks MLflow to fail fast (fail_fast_http) and owns the waiting:
+# the driver retries each call with capped exponential backoff for up to ``tracking.outage_limit_s``
+# (PatientClient); the Ray Train controller never waits, it keeps the epochs that could not be sent
+# and sends them at the next report (training/ray.py). Past the limit the job stops with one line;
+# its checkpoints are intact and the same command resumes it into the same run.
+
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
+
+
+class TrackingUnavailable(Exception):
+    """The tracking server stayed unreachable past ``tracking.outage_limit_s``."""
+
+
+def fail_fast_http() -> None:
+    """One quick attempt per MLflow request (vaeflow retries around it); a user's own setting wins."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server could not be reached or answered 5xx, as opposed to a refusal
+    (4xx: bad request, no permission), which waiting does not cure."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):  # OSError's kin, and requests' subclasses
+        return True
+    text = str(exc)
+    return isinstance(exc, mlflow.exceptions.MlflowException) and (
+        "failed with exception" in text or "failed with timeout exception" in text
+        or "too many 50" in text or "error code 50" in text or "status code 50" in text
+    )
+
+
+def retrying(call: Callable[[], T], *, what: str, uri: str, limit_s: float, sleep: Callable[[float], Any] = time.sleep) -> T:
+    """``call()``, retried with capped exponential backoff while the server is unreachable."""
+    start, delay = time.monotonic(), BACKOFF_FIRST_S
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            waited = time.monotonic() - start
+            if waited >= limit_s:
+                raise TrackingUnavailable(
+                    f"MLflow at {uri} unreachable for {waited:.0f} s while {what} (tracking.outage_limit_s = "
+                    f"{limit_s:g}); start it again, then rerun the same command to resume into the same run"
+                ) from None
+            log.warning("MLflow at %s unreachable while %s; retrying in %.0f s (waited %.0f of %g s)",
+                        uri, what, delay, waited, limit_s)
+            sleep(min(delay, limit_s - waited))  # and a last try at the limit
+            delay = min(2 * delay, BACKOFF_MAX_S)
+
+
+class PatientClient:
+    """An ``MlflowClient`` whose every call waits out an outage (``retrying``); anything else it
+    raises at once. A call that may have reached the server before the connection broke is safe to
+    repeat where vaeflow uses it: params and tags overwrite with the same values, artifacts replace
+    the same path, and epoch metrics are logged by step only where missing (``log_missing_epochs``)."""
+
+    def __init__(self, inner: MlflowClient, uri: str, limit_s: float):
+        self._inner, self._uri, self._limit_s = inner, uri, limit_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def patient(*args: Any, **kwargs: Any) -> Any:
+            return retrying(lambda: attr(*args, **kwargs), what=name, uri=self._uri, limit_s=self._limit_s)
+
+        return patient
+
+
+def logged_steps(c: Any, run_id: str, key: str) -> set[int]:
+    return {m.step for m in c.get_metric_history(run_id, key)}
+
+
+def log_missing_epochs(c: Any, run_id: str, history: list[Mapping[str, float]], score: str) -> int:
+    """Log the epochs of ``history`` whose step the run lacks (``score`` is in every epoch row); return
+    how many. Whatever the controller could not send during an outage ends up in the run exactly once."""
+    have = logged_steps(c, run_id, score)
+    missing = [row for row in history if int(row["epoch"]) not in have]
+    for row in missing:
+        log_metrics(c, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    return len(missing)

@@ -236,30 +236,66 @@ class _EpochMetricsToMlflow(ray.train.UserCallback):
     afterwards. Steps already in the run are not logged again; steps missing from it (a driver
     killed between committing a checkpoint and logging its epoch) are filled in from the history
     in the first checkpoint this job sees.
+
+    The controller never waits for the tracking server: epochs it cannot send stay pending, in order,
+    and go out at the next report once the server answers (after re-reading which steps reached the
+    run, since a batch may have landed before the connection broke). Unreachable for longer than
+    ``limit_s``, it stops the job with :class:`tracking.TrackingUnavailable`; what the run still
+    lacks at the end of a job the driver fills in (``tracking.log_missing_epochs``).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, score: str):
+    def __init__(self, tracking_uri: str, run_id: str, score: str, limit_s: float, checkpoints: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.score = score  # a metric every epoch row holds
-        self._logged: set[int] | None = None
+        self.limit_s = limit_s
+        self.checkpoints = checkpoints
+        self._logged: set[int] | None = None  # steps in the run; None: read them (again) first
+        self._seeded = False
+        self._pending: list[dict[str, Any]] = []
+        self._down_since: float | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        client = MlflowClient(tracking_uri=self.tracking_uri)
-        rows = []
-        if self._logged is None:
-            self._logged = {m.step for m in client.get_metric_history(self.run_id, self.score)}
-            if checkpoint is not None:
-                with checkpoint.as_directory() as d:
-                    rows = list(load_checkpoint(d)["history"])
+        if not self._seeded and checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                self._pending.extend(load_checkpoint(d)["history"])
+        self._seeded = True
         row = metrics[0]  # every rank reports the same all-reduced row
         if not row.get("partial"):  # a mid-epoch checkpoint: the epoch's metrics come at its end
-            rows.append(row)
-        for row in rows:
+            self._pending.append(row)
+        tracking.fail_fast_http()
+        try:
+            self._send(MlflowClient(tracking_uri=self.tracking_uri))
+        except Exception as exc:
+            if not tracking.unreachable(exc):
+                raise
+            self._logged = None
+            now = time.monotonic()
+            self._down_since = self._down_since or now
+            if now - self._down_since > self.limit_s:
+                raise tracking.TrackingUnavailable(
+                    f"MLflow at {self.tracking_uri} unreachable for {now - self._down_since:.0f} s during training "
+                    f"(tracking.outage_limit_s = {self.limit_s:g}); checkpoints are in {self.checkpoints}: start the "
+                    f"server again, then rerun the same command to resume into run {self.run_id}"
+                ) from None
+            log.warning("MLflow at %s unreachable; %d epoch(s) kept to send at the next report",
+                        self.tracking_uri, len(self._pending))
+            return
+        if self._down_since is not None:
+            log.warning("MLflow at %s answers again after %.0f s; the kept epochs are sent",
+                        self.tracking_uri, time.monotonic() - self._down_since)
+        self._down_since = None
+
+    def _send(self, client: MlflowClient) -> None:
+        if self._logged is None:
+            self._logged = tracking.logged_steps(client, self.run_id, self.score)
+        while self._pending:
+            row = self._pending[0]
             step = int(row["epoch"])
             if step not in self._logged:
                 tracking.log_metrics(client, self.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=step)
                 self._logged.add(step)
+            self._pending.pop(0)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -267,6 +303,7 @@ def _root_cause(exc: BaseException) -> BaseException:
     failures = getattr(exc, "worker_failures", None)
     if failures:
         exc = next(iter(failures.values()))
+    exc = getattr(exc, "controller_failure", None) or exc  # raised in a callback (ControllerError)
     seen = set()
     while id(exc) not in seen:
         seen.add(id(exc))
@@ -330,7 +367,8 @@ def fit(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=score, checkpoint_score_order="min"
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=[_EpochMetricsToMlflow(tracking.tracking_uri(config.tracking), run_id, score)],
+            callbacks=[_EpochMetricsToMlflow(tracking.tracking_uri(config.tracking), run_id, score,
+                                             config.tracking.outage_limit_s, str(storage / run_name))],
             # Ray Train logs every report with its metrics at INFO; rank 0 prints one line per epoch instead.
             logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
@@ -339,7 +377,7 @@ def fit(
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         cause = _root_cause(exc)
-        if isinstance(cause, NonFiniteLossError):
+        if isinstance(cause, (NonFiniteLossError, tracking.TrackingUnavailable)):
             raise TrainingError(str(cause)) from None
         raise TrainingError(f"training failed: {type(cause).__name__}: {cause}") from exc
     best = result.get_best_checkpoint(score, "min") or result.checkpoint
