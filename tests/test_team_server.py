@@ -1,0 +1,123 @@
+"""A team's tracking server (PostgreSQL + MLflow basic auth): who may do what, and where credentials must never show."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, TINY
+from tests.team_server import ADMIN, USERS, postgres, team_server  # noqa: F401  (fixtures)
+from vaeflow import config as cfg
+
+
+def _as(server, user: str | None, monkeypatch) -> MlflowClient:
+    """A client that sends ``user``'s credentials (read by MLflow from the environment)."""
+    for key, value in server.env(user).items():
+        if key.startswith("MLFLOW_TRACKING_"):
+            monkeypatch.setenv(key, value)
+    if user is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+
+
+def _status(url: str, auth: tuple[str, str] | None = None) -> int:
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+# The server tests share one PostgreSQL cluster and mlflow server (about 17 s to start, 20 s to stop):
+# 95 s for the module in all, measured on the 2 shared cores, so each is -m slow.
+slow = pytest.mark.slow
+
+
+@slow  # 3 s (+ the shared start-up)
+def test_anonymous_and_wrong_password_get_401(team_server):
+    search = f"{team_server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _status(search) == 401
+    assert _status(search, ("alice", "not-her-password")) == 401
+    assert _status(search, ("alice", USERS["alice"])) == 200
+    assert _status(search, (ADMIN, "first-admin-pw-0")) == 401  # rotated at set-up
+
+
+@slow  # 9 s
+def test_read_only_user_cannot_log_to_or_retag_anothers_work(team_server, monkeypatch):
+    alice = _as(team_server, "alice", monkeypatch)
+    exp = alice.create_experiment("alice-exp")
+    run = alice.create_run(exp)
+    alice.log_metric(run.info.run_id, "loss", 1.0, step=0)
+    alice.create_registered_model("alice-model")
+    v1 = alice.create_model_version("alice-model", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    v2 = alice.create_model_version("alice-model", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    alice.set_registered_model_alias("alice-model", "candidate", v1.version)
+
+    reader = _as(team_server, "reader", monkeypatch)
+    assert reader.get_run(run.info.run_id).data.metrics == {"loss": 1.0}  # default_permission = READ
+    for attempt in (lambda: reader.log_metric(run.info.run_id, "loss", 2.0, step=1),
+                    lambda: reader.create_run(exp),
+                    lambda: reader.set_registered_model_alias("alice-model", "candidate", v2.version)):
+        with pytest.raises(MlflowException) as err:
+            attempt()
+        assert err.value.get_http_status_code() == 403
+
+    alice = _as(team_server, "alice", monkeypatch)
+    alice.set_registered_model_alias("alice-model", "candidate", v2.version)
+    assert alice.get_model_version_by_alias("alice-model", "candidate").version == v2.version
+
+
+def test_credentials_in_the_tracking_uri_are_a_config_error():
+    with pytest.raises(cfg.ConfigError, match="MLFLOW_TRACKING_USERNAME"):
+        cfg.load(TINY, overrides=["tracking.uri=http://alice:secret@127.0.0.1:5000"])
+    cfg.load(TINY, overrides=["tracking.uri=http://127.0.0.1:5000"])  # no credentials: fine
+
+
+def _train_cli(team_server, user, password, project, *extra):
+    env = team_server.env(None) | {"PYTHONPATH": str(ROOT)}
+    if user:
+        env |= {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaeflow.cli", "train", "--preset", str(TINY), "--root", str(project), "--no-progress",
+         "--set", f"tracking.uri={team_server.url}", "--set", f"train.storage_path={project}/ray_results", *extra],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    return proc, time.monotonic() - start
+
+
+@slow  # 7–19 s each: a vaeflow CLI subprocess
+@pytest.mark.parametrize("who, code", [(None, "401"), (("alice", "wrong-pw"), "401"), (("reader", USERS["reader"]), "403")])
+def test_train_refused_by_the_server_stops_before_ray(team_server, project, monkeypatch, who, code):
+    alice = _as(team_server, "alice", monkeypatch)
+    if alice.get_experiment_by_name("alice-team") is None:
+        alice.create_experiment("alice-team")
+    user, password = who or (None, None)
+    proc, took = _train_cli(team_server, user, password, project, "--set", "tracking.experiment=alice-team")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and f"{code} " in lines[0] and team_server.url in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout + proc.stderr
+    assert not (project / "ray_results").exists()
+    assert took < 30
+
+
+@slow  # 8 s
+def test_vaeflow_config_never_prints_the_password(team_server, tmp_path):
+    env = team_server.env("alice") | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "vaeflow.cli", "config", "--preset", str(TINY),
+                           "--set", f"tracking.uri={team_server.url}"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert team_server.url in proc.stdout and USERS["alice"] not in proc.stdout + proc.stderr
