@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 import time
@@ -14,8 +15,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, TINY
-from tests.team_server import ADMIN, USERS, postgres, team_server  # noqa: F401  (fixtures)
+from tests import team_server as team
+from tests.team_server import ADMIN, USERS
 from vaeflow import config as cfg
+
+postgres, team_server = team.postgres, team.team_server  # the module's fixtures
 
 
 def _as(server, user: str | None, monkeypatch) -> MlflowClient:
@@ -121,3 +125,25 @@ def test_vaeflow_config_never_prints_the_password(team_server, tmp_path):
                            "--set", f"tracking.uri={team_server.url}"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert team_server.url in proc.stdout and USERS["alice"] not in proc.stdout + proc.stderr
+
+
+@slow  # measured below in the report; a whole `vaeflow train` (private Ray cluster) as alice
+def test_a_job_logs_as_its_user_and_records_no_password(team_server, project, monkeypatch):
+    proc, _ = _train_cli(team_server, "alice", USERS["alice"], project, "--set", "tracking.experiment=alice-jobs",
+                         "--set", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    password = USERS["alice"]
+    assert password not in proc.stdout + proc.stderr
+    run_id = json.loads((project / "models/image/run.json").read_text())["mlflow_run_id"]
+    alice = _as(team_server, "alice", monkeypatch)
+    run = alice.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.user_id == "alice"
+    recorded = [*run.data.params.items(), *run.data.tags.items()]
+    assert recorded and not [kv for kv in recorded if password in kv[0] + kv[1]]
+    assert sorted(m.step for m in alice.get_metric_history(run_id, "val_neg_elbo")) == [1, 2]
+    exp = alice.get_experiment_by_name("alice-jobs")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    written = [p for p in project.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".csv", ".txt", ".log")]
+    assert any(p.name == "vaeflow_job.json" for p in written)
+    assert not [p for p in written if password in p.read_text(errors="replace")]
+    assert password not in team_server.log.read_text()
