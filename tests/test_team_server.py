@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 import sys
@@ -195,3 +196,17 @@ def test_four_jobs_at_once_log_every_epoch_once(team_server, tiny_data, tmp_path
     for sign in ("40P01", "deadlock detected", "QueuePool limit", "TimeoutError"):
         assert sign not in log, sign
     print(f"4 jobs, 4 runs, {rows} metric rows, {took:.0f} s wall")
+
+
+def test_experiments_open_on_their_training_runs(tmp_path):  # < 2 s, SQLite: not slow
+    from vaeflow import tracking
+
+    config = cfg.load(TINY, overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                                       f"tracking.artifact_location={tmp_path}/art"]).tracking
+    c = tracking.client(config)
+    created = tracking.experiment_id(c, config)
+    old = c.create_experiment("made-elsewhere")
+    existing = tracking.experiment_id(c, dataclasses.replace(config, experiment="made-elsewhere"))
+    assert existing == old
+    for exp_id in (created, old):
+        assert c.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
