@@ -45,8 +45,8 @@ def _status(url: str, auth: tuple[str, str] | None = None) -> int:
         return exc.code
 
 
-# The server tests share one PostgreSQL cluster and mlflow server (about 17 s to start, 20 s to stop):
-# 95 s for the module in all, measured on the 2 shared cores, so each is -m slow.
+# The server tests share one PostgreSQL cluster and mlflow server (15–25 s to start, 4–22 s to stop):
+# the six server checks took 43–95 s together on the 2 shared cores (by load), so each is -m slow.
 slow = pytest.mark.slow
 
 
