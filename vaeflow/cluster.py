@@ -22,7 +22,9 @@ EXCLUDES = ["data/", "models/", "samples/", "metrics/", "plots/", "mlruns/", "ml
             "*.db", ".git/", ".dvc/cache/", "__pycache__/", "*.egg-info/"]
 SUBMISSION_ENV = "VAEFLOW_SUBMISSION_ID"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-AGENT_WAIT_S = 120  # how long a submission waits for a just-started head's job agent
+AGENT_WAIT_S = 120
+# The MLflow credentials a job needs (the tracking module reads the same names).
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")  # how long a submission waits for a just-started head's job agent
 
 
 @dataclasses.dataclass
@@ -44,13 +46,16 @@ def submit(
 ) -> JobResult:
     """Submit ``vaeflow <command>`` as a Ray job; optionally wait for it and return its status and log tail.
 
-    Environment variables starting with ``VAEFLOW_`` (e.g. the data mirror) travel with the job.
+    Environment variables starting with ``VAEFLOW_`` (e.g. the data mirror) and the MLflow credentials
+    (``MLFLOW_TRACKING_USERNAME`` …) travel with the job in its runtime_env.
     """
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
     submission_id = f"vaeflow-{uuid.uuid4().hex[:12]}"
-    env = {k: v for k, v in os.environ.items() if k.startswith("VAEFLOW_")} | {SUBMISSION_ENV: submission_id}
+    # MLflow credentials travel too (never in the entrypoint or the config): the job logs as this user.
+    env = {k: v for k, v in os.environ.items() if k.startswith("VAEFLOW_") or k in CREDENTIAL_ENV}
+    env[SUBMISSION_ENV] = submission_id
     # A freshly started head answers before its job agent is up ("No available agent …, please try
     # again later"): retry that for a while, fail on anything else at once.
     patience = time.monotonic() + AGENT_WAIT_S

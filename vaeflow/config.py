@@ -197,6 +197,13 @@ class TrackingConfig:
     # same command resumes into the same run). Epoch metrics are kept meanwhile and sent once it is back.
     outage_limit_s: float = 600.0
 
+    def __post_init__(self) -> None:
+        # Credentials in the URI would reach params, run.json and printed configs.
+        netloc = self.uri.split("://", 1)[1].split("/", 1)[0] if "://" in self.uri else ""
+        require("@" not in netloc,
+                "tracking.uri must not hold credentials (user:password@host): remove them and set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment")
+
 
 # The sections whose type the modality declares (its Modality's data_config, sample_config, evaluate_config).
 MODALITY_SECTIONS = ("data", "sample", "evaluate")

@@ -207,6 +207,7 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     _check_split_fills_a_batch(config, len(modality.data.load(paths.processed, "train")))
     family = families.get(config.model.family)
     score = family.score
+    tracking.check_access(config.tracking)  # a 401/403 stops here, before Ray starts
     tags = tracking.lineage_tags(config, paths.processed)
     submission = os.environ.get(SUBMISSION_ENV)
     if submission:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import subprocess
 import time
@@ -59,9 +60,15 @@ def client(config: TrackingConfig, *, patient: bool = True) -> Any:
     return PatientClient(c, uri, config.outage_limit_s) if patient else c
 
 
+# MLflow 3's UI opens an experiment on its GenAI traces unless this tag names it a model-training one.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(c: MlflowClient, config: TrackingConfig) -> str:
     exp = c.get_experiment_by_name(config.experiment)
     if exp is not None:
+        if EXPERIMENT_KIND[0] not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     location = None  # a tracking server decides where its artifacts go (e.g. proxied mlflow-artifacts:/)
     if tracking_uri(config).startswith(("sqlite:", "file:")):
@@ -69,7 +76,7 @@ def experiment_id(c: MlflowClient, config: TrackingConfig) -> str:
         if "://" not in location:
             location = Path(location).resolve().as_uri()
     try:
-        return c.create_experiment(config.experiment, artifact_location=location)
+        return c.create_experiment(config.experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except mlflow.exceptions.MlflowException:  # created concurrently by another job
         return c.get_experiment_by_name(config.experiment).experiment_id
 
@@ -307,3 +314,37 @@ def log_missing_epochs(c: Any, run_id: str, history: list[Mapping[str, float]], 
     for row in missing:
         log_metrics(c, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     return len(missing)
+
+
+# Credentials and access
+
+# Read by MLflow's REST client from the environment; vaeflow never stores or logs their values.
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def check_access(config: TrackingConfig) -> None:
+    """Fail in one line when a tracking server refuses us (401/403), before any Ray worker starts.
+
+    Creating (or finding) the experiment needs the permission a job needs: writing to it.
+    """
+    from vaeflow.config import ConfigError
+
+    uri = tracking_uri(config)
+    if not uri.startswith(("http://", "https://")):
+        return
+    c = client(config)
+    try:
+        # Tags the experiment (EXPERIMENT_KIND): a write, which a READ-only user may not do.
+        c.set_experiment_tag(experiment_id(c, config), *EXPERIMENT_KIND)
+    except mlflow.exceptions.MlflowException as exc:
+        # A 401 comes with a plain-text body, which MLflow reports only in its message.
+        found = re.search(r"error code (\d{3})", str(exc))
+        code = int(found.group(1)) if found else exc.get_http_status_code()
+        if code == 401:
+            raise ConfigError(f"MLflow at {uri}: 401 unauthorized; set MLFLOW_TRACKING_USERNAME / "
+                              "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to a user of that server") from None
+        if code == 403:
+            raise ConfigError(f"MLflow at {uri}: 403 forbidden; user {os.environ.get('MLFLOW_TRACKING_USERNAME', '?')} "
+                              f"may not write to experiment {config.experiment!r}: ask its owner or an admin for "
+                              "EDIT permission, or pick another tracking.experiment") from None
+        raise
