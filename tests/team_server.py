@@ -94,6 +94,22 @@ class TeamServer:
         return env
 
 
+def wait_until_healthy(proc: subprocess.Popen, url: str, log_file: Path, timeout_s: float = 120) -> None:
+    """Until the `mlflow server` ``proc`` answers /health; a server that exits or never answers fails
+    the test with its log's tail (and is stopped)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                pytest.fail("mlflow server did not start: " + log_file.read_text()[-2000:], pytrace=False)
+            time.sleep(0.5)
+
+
 def start_mlflow(d: Path, backend: str, auth_db: str) -> tuple[subprocess.Popen, str]:
     (d / "auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
@@ -111,17 +127,8 @@ def start_mlflow(d: Path, backend: str, auth_db: str) -> tuple[subprocess.Popen,
         stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                pytest.fail("mlflow server did not start: " + (d / "server.log").read_text()[-2000:], pytrace=False)
-            time.sleep(0.5)
+    wait_until_healthy(proc, url, d / "server.log")
+    return proc, url
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
@@ -18,6 +17,7 @@ import pytest
 
 from vaeflow import stages
 from tests.conftest import tiny_config
+from tests.team_server import wait_until_healthy
 
 
 def _free_port() -> int:
@@ -47,15 +47,7 @@ def mlflow_server(tmp_path_factory):
         stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("mlflow server did not start: " + (d / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
+    wait_until_healthy(proc, url, d / "server.log")
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY
+from tests.team_server import free_port, wait_until_healthy
 from vaeflow import tracking
 from vaeflow.config import TrackingConfig
 from vaeflow.training.ray import SCORE
@@ -24,18 +23,12 @@ from vaeflow.training.ray import SCORE
 EPOCHS = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`mlflow server` on 127.0.0.1 at a fixed port, SQLite backend and proxied artifacts in ``d``:
     stopped and started again on the same port, store and artifacts, as an admin restarting it would."""
 
     def __init__(self, d):
-        self.d, self.port, self.proc = d, _free_port(), None
+        self.d, self.port, self.proc = d, free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -44,15 +37,7 @@ class Server:
              "--backend-store-uri", f"sqlite:///{self.d}/server.db", "--artifacts-destination", str(self.d / "artifacts")],
             stdout=open(self.d / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow server did not start: " + (self.d / "server.log").read_text()[-2000:])
-                time.sleep(0.5)
+        wait_until_healthy(self.proc, self.url, self.d / "server.log")
 
     def kill(self) -> None:
         """The server dies at once (SIGKILL of its process group: no graceful shutdown)."""
@@ -94,7 +79,7 @@ def _assert_every_epoch_once(url: str, run_id: str) -> None:
 
 
 def test_an_unreachable_server_is_waited_for_then_stops_in_one_line():
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     c = tracking.client(TrackingConfig(uri=uri, outage_limit_s=3))
     t0 = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailable) as err:

@@ -17,14 +17,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vaeflow.config import CREDENTIAL_ENV
+
 # Never uploaded with the working directory: data, outputs, runs and caches.
 EXCLUDES = ["data/", "models/", "samples/", "metrics/", "plots/", "mlruns/", "mlartifacts/", "ray_results/",
             "*.db", ".git/", ".dvc/cache/", "__pycache__/", "*.egg-info/"]
 SUBMISSION_ENV = "VAEFLOW_SUBMISSION_ID"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-AGENT_WAIT_S = 120
-# The MLflow credentials a job needs (the tracking module reads the same names).
-CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")  # how long a submission waits for a just-started head's job agent
+AGENT_WAIT_S = 120  # how long a submission waits for a just-started head's job agent
 
 
 @dataclasses.dataclass

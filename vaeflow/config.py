@@ -183,6 +183,10 @@ class TrainConfig:
         require(self.max_failures >= 0, f"train.max_failures must be ≥ 0, got {self.max_failures}")
 
 
+# MLflow's REST client reads these from the environment; vaeflow never stores or logs their values.
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrackingConfig:
     # A relative sqlite path is made absolute (sqlite:////abs/path.db) from the working directory.

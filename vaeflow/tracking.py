@@ -316,10 +316,7 @@ def log_missing_epochs(c: Any, run_id: str, history: list[Mapping[str, float]], 
     return len(missing)
 
 
-# Credentials and access
-
-# Read by MLflow's REST client from the environment; vaeflow never stores or logs their values.
-CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# Credentials and access (read from the environment only: config.CREDENTIAL_ENV)
 
 
 def check_access(config: TrackingConfig) -> None:
