@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import socket
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +34,24 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # `git commit` and `dvc exp run` need an identity on machines that have none configured.
 GIT_ENV = {"GIT_AUTHOR_NAME": "vaeflow-test", "GIT_AUTHOR_EMAIL": "test@vaeflow.invalid",
            "GIT_COMMITTER_NAME": "vaeflow-test", "GIT_COMMITTER_EMAIL": "test@vaeflow.invalid"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM to the server ``proc`` started in its own session (and its children); SIGKILL after
+    ``grace_s`` (a loaded machine can hold an `mlflow server`'s graceful exit past 30 s)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def copy_tracked_files(dest: Path) -> Path:
@@ -89,3 +113,38 @@ def ray_cluster():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head --block` in its own process group; stopping it kills exactly this cluster
+    (never `ray stop`, which would stop every Ray cluster on the machine)."""
+    port, dash = free_port(), free_port()
+    # `ray start` does not create a token (only a local ray.init does): this cluster gets its own,
+    # which the head, `vaeflow submit` and the job all read from the environment.
+    # No MLflow credentials of this process reach the cluster: a job gets its own from `vaeflow submit`.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
+         # Ports Ray fixes by default (the job agent's 52365, the client server's 10001) may be held by
+         # another Ray instance on this machine, e.g. the session's local cluster: then jobs cannot start.
+         f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # answering (e.g. 401 without a token) means it is up
+            break
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+            time.sleep(0.5)
+    else:
+        pytest.fail("the Ray head did not start: " + (tmp_path / "head.log").read_text()[-2000:])
+    yield address, env
+    stop_process_group(proc, grace_s=5)  # on SIGTERM the head drains for up to 30 s; nothing here needs draining

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,15 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port, stop_process_group
+
 ADMIN, ADMIN_FIRST_PASSWORD, ADMIN_PASSWORD = "admin", "first-admin-pw-0", "rotated-admin-pw-1"
 # name → password; alice and bob may create experiments and models, reader only gets default READ.
 USERS = {"alice": "alice-pw-Q7s9", "bob": "bob-pw-K2m4-x7", "reader": "reader-pw-Z8x1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg_bin(name: str) -> str:
@@ -149,5 +144,4 @@ def team_server(postgres, tmp_path_factory):
     finally:
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             os.environ.pop(key, None)
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_process_group(proc)

@@ -3,64 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_head(tmp_path):
-    """`ray start --head --block` in its own process group; stopping it kills exactly this cluster
-    (never `ray stop`, which would stop every Ray cluster on the machine)."""
-    port, dash = _free_port(), _free_port()
-    # `ray start` does not create a token (only a local ray.init does): this cluster gets its own,
-    # which the head, `vaeflow submit` and the job all read from the environment.
-    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
-         # Ports Ray fixes by default (the job agent's 52365, the client server's 10001) may be held by
-         # another Ray instance on this machine, e.g. the session's local cluster: then jobs cannot start.
-         f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}"],
-        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:  # answering (e.g. 401 without a token) means it is up
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
-            time.sleep(0.5)
-    else:
-        pytest.fail("the Ray head did not start: " + (tmp_path / "head.log").read_text()[-2000:])
-    yield address, env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)  # on SIGTERM the head drains for up to 30 s; nothing here needs draining
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # About 50 s (a real `ray start` head, a job through the job API, MLflow): -m slow.

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, TINY
+from tests.mlflow_ui import needs_chromium, review_in_browser
 from tests import team_server as team
 from tests.team_server import ADMIN, USERS
 from vaeflow import config as cfg
@@ -144,10 +145,56 @@ def test_a_job_logs_as_its_user_and_records_no_password(team_server, project, mo
     assert sorted(m.step for m in alice.get_metric_history(run_id, "val_neg_elbo")) == [1, 2]
     exp = alice.get_experiment_by_name("alice-jobs")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    _assert_no_file_holds(project, password)
+    assert password not in team_server.log.read_text()
+
+
+def _assert_no_file_holds(project, secret: str) -> None:
+    """No text file a job wrote (configs, vaeflow_job.json, Ray Train's results, logs) holds ``secret``."""
     written = [p for p in project.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".csv", ".txt", ".log")]
     assert any(p.name == "vaeflow_job.json" for p in written)
-    assert not [p for p in written if password in p.read_text(errors="replace")]
-    assert password not in team_server.log.read_text()
+    assert not [p for p in written if secret in p.read_text(errors="replace")]
+
+
+@slow  # about 4 min: a `ray start` head, three submitted jobs (train, sample, evaluate), the UI in Chromium
+@needs_chromium
+def test_a_submitted_job_is_reviewed_in_the_ui_with_its_password_nowhere(team_server, ray_head, project, tmp_path):
+    """`vaeflow submit` as alice to a Ray head that has no MLflow credentials of its own: the jobs log
+    to the team server as alice; the password is in no Ray job log, file or run record; alice then
+    reviews the run (metrics, sample grid, per-epoch CSV) and the model's alias in the browser."""
+    address, head_env = ray_head
+    workdir = tmp_path / "wd"
+    (workdir / "configs/image").mkdir(parents=True)
+    (workdir / "configs/image/tiny.yaml").write_text(TINY.read_text())
+    sets = [f"tracking.uri={team_server.url}", "tracking.experiment=alice-reviewed",
+            "tracking.registered_model=alice-reviewed-model", "train.epochs=2", f"train.storage_path={project}/ray_results"]
+    env = team_server.env("alice") | {k: head_env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    password, jobs = USERS["alice"], []
+    for command in ("train", "sample", "evaluate"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "vaeflow.cli", "submit", "--address", address, "--working-dir", str(workdir), "--",
+             command, "--preset", "configs/image/tiny.yaml", "--root", str(project), "--no-progress",
+             *[arg for kv in sets for arg in ("--set", kv)]],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert password not in proc.stdout + proc.stderr
+        jobs.append(json.loads(proc.stdout[proc.stdout.rindex("{"):]))
+        assert jobs[-1]["status"] == "SUCCEEDED", jobs[-1]
+
+    for job in jobs:  # what `ray job logs` shows anyone holding the cluster's token
+        logs = subprocess.run(["ray", "job", "logs", "--address", address, job["submission_id"]],
+                              env=head_env, capture_output=True, text=True, timeout=120)
+        assert logs.returncode == 0 and "vaeflow" in logs.stdout, logs.stdout[-2000:] + logs.stderr[-2000:]
+        assert password not in logs.stdout + logs.stderr
+    _assert_no_file_holds(project, password)
+
+    run_id = json.loads((project / "models/image/run.json").read_text())["mlflow_run_id"]
+    run = MlflowClient(team_server.url).get_run(run_id)  # as the admin (the team_server fixture's login)
+    assert run.data.tags["mlflow.user"] == "alice" and run.data.tags["ray.submission_id"] == jobs[0]["submission_id"]
+    assert not [kv for kv in [*run.data.params.items(), *run.data.tags.items()] if password in kv[0] + kv[1]]
+    config = cfg.load(TINY, overrides=sets)
+    review_in_browser(team_server.url, config, json.loads((project / "models/image/run.json").read_text()),
+                      tmp_path, credentials=("alice", password))
 
 
 @slow  # 157 s (+15 s server start), on the 2 shared cores

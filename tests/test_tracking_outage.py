@@ -15,7 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY
-from tests.team_server import free_port, wait_until_healthy
+from tests.conftest import free_port
+from tests.team_server import wait_until_healthy
 from vaeflow import tracking
 from vaeflow.config import TrackingConfig
 from vaeflow.training.ray import SCORE

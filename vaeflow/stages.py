@@ -239,9 +239,12 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         version = _log_model(config, run_id, tmp / "model.pt", example,
                              {"modality": config.modality, "data_sha256": tags["vaeflow.data_sha256"],
                               "git_commit": tags["git_commit"], f"best_val_{score}": f"{best_val:.4f}"})
+        experiment = c.get_run(run_id).info.experiment_id
         run_info = {
             "mlflow_run_id": run_id,
+            "mlflow_experiment_id": experiment,
             "tracking_uri": tracking.tracking_uri(config.tracking),
+            "mlflow_ui": tracking.run_page(config.tracking, run_id, experiment),
             "ray_run": str(result.run_dir),
             "registered_model": config.tracking.registered_model,
             "model_version": version,
@@ -267,6 +270,8 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     tracking.log_metrics(c, run_id, {f"best_val_{score}": best_val})
     c.set_terminated(run_id, "FINISHED")
     write_json(result.run_dir / JOB_MARKER, {"mlflow_run_id": run_id, "status": "finished"})
+    if run_info["mlflow_ui"]:
+        log.info("review the run at %s", run_info["mlflow_ui"])
     return metrics
 
 

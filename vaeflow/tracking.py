@@ -10,6 +10,7 @@ opens the run; sample and evaluate log theirs when they run (:func:`log_stage_co
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import hashlib
 import json
 import logging
@@ -48,6 +49,17 @@ def tracking_uri(config: TrackingConfig) -> str:
     if "://" not in uri:  # a bare folder path
         return Path(uri).resolve().as_uri()
     return uri
+
+
+def run_page(config: TrackingConfig, run_id: str, experiment_id: str) -> str | None:
+    """The run's page in the UI of the tracking server (None for a local store, which has no UI until
+    ``mlflow ui`` serves it). The link names the UI's workflow: MLflow 3.17's UI opens on its GenAI
+    view unless told (the sidebar's "GenAI / Model training" switch, remembered per browser), whatever
+    the experiment's ``mlflow.experimentKind`` tag says."""
+    uri = tracking_uri(config)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def client(config: TrackingConfig, *, patient: bool = True) -> Any:
@@ -171,10 +183,20 @@ def lineage_tags(config: ExperimentConfig, processed_dir: str | Path) -> dict[st
     return tags
 
 
+def run_user() -> str:
+    """Whose run it is (the UI's "User" column, ``mlflow.user``): the login a team's tracking server
+    authenticated the job with, else the local account, as MLflow's own fluent API records it."""
+    try:
+        return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry and no $USER
+        return "unknown"
+
+
 def start_run(config: ExperimentConfig, tags: Mapping[str, str], run_name: str) -> str:
     """Create the job's run with its params (the flattened resolved config) and tags; return its id."""
     c = client(config.tracking)
-    run = c.create_run(experiment_id(c, config.tracking), run_name=run_name, tags=dict(tags))
+    run = c.create_run(experiment_id(c, config.tracking), run_name=run_name,
+                       tags={"mlflow.user": run_user(), **tags})
     params = [Param(k, str(v)) for k, v in config.flat().items() if k.split(".")[0] not in STAGE_SECTIONS]
     for i in range(0, len(params), _BATCH):
         c.log_batch(run.info.run_id, params=params[i : i + _BATCH])
