@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import threading
 
 import mlflow
 import numpy as np
@@ -17,7 +18,7 @@ from vaeflow import registry, stages, tracking
 from vaeflow.config import ConfigError
 from vaeflow.models.families import FamilyOptimizer, build_model, family_of
 from vaeflow.models.families.vaegan import VAEGAN, disc_accuracy, gan_losses
-from vaeflow.training.loop import run_epoch
+from vaeflow.training.loop import NonFiniteLossError, run_epoch
 from tests.conftest import tiny_config
 
 IMAGE = registry.MODALITIES.get_or_raise("image").data
@@ -59,8 +60,9 @@ def test_each_loss_trains_only_its_own_optimizers_parameters(tmp_path):
     loss = {name: sum(w * terms[t] for t, w in weights[name].items()) for name in weights}
     params = {o.name: [dict(before.named_parameters())[n] for n, p in model.named_parameters()
                        if any(p is q for q in o.parameters)] for o in groups}
+    pairs = [(name, name) for name in loss] + [("discriminator", "decoder"), ("decoder", "discriminator")]
     grad = {(lname, pname): torch.autograd.grad(loss[lname], params[pname], retain_graph=True, allow_unused=True)
-            for lname in loss for pname in params}
+            for lname, pname in pairs}
     leak = grad[("discriminator", "decoder")]
     assert any(g is not None and g.abs().sum() > 0 for g in leak), "the test must be able to see a leak"
     assert any(g is not None and g.abs().sum() > 0 for g in grad[("decoder", "discriminator")])
@@ -74,6 +76,15 @@ def test_each_loss_trains_only_its_own_optimizers_parameters(tmp_path):
         for n, g in zip(names, grad[(o.name, o.name)]):
             moved = after[n].detach() - dict(before.named_parameters())[n].detach()
             torch.testing.assert_close(moved, -g, rtol=1e-4, atol=1e-6, msg=f"{o.name} loss on {n}")
+
+
+def test_a_diverging_vaegan_stops_at_the_nan_guard(tmp_path):
+    """lr = 1e30 blows the weights up after the first step: the second step's loss is non-finite and
+    the loop stops with one line naming the optimizer's loss, the epoch and the step."""
+    config, model, batch = _setup(tmp_path, "train.lr=1e30")
+    with pytest.raises(NonFiniteLossError, match=r"^loss_\w+ became .* at epoch 1, step 2; training stopped"):
+        run_epoch(model, [batch, batch], IMAGE, config, epoch=0, device=torch.device("cpu"),
+                  generator=torch.Generator().manual_seed(0), optimizer=family_of(model).optimizers(model, config.train))
 
 
 def test_disc_accuracy_and_gan_losses_on_known_logits():
@@ -172,3 +183,29 @@ def test_vaegan_trains_with_two_ray_workers_into_mlflow_and_serves(project, ray_
     ev = stages.evaluate(config, paths, progress=False)
     assert "test_nll_iwae" not in ev and {"test_recon", "test_disc_acc_real", "test_disc_acc_fake"} <= set(ev)
     assert registry.FAMILIES.get_or_raise("vaegan", "model.family").score == "recon"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_the_vaegan_exactly(tmp_path, tiny_data, ray_cluster):
+    """A worker killed after the first mid-epoch checkpoint: the group restarts, the three optimizers'
+    states come back, and the run ends where an uninterrupted one does. About 90 s: ``-m slow``."""
+    from tests.test_fault_tolerance import _kill_a_worker_after_first_checkpoint
+    from vaeflow.training.ray import fit
+
+    processed = tiny_data / "data/processed/image"
+    config = tiny_config(tmp_path, *SMALL, "train.epochs=3", "train.max_failures=2", "train.checkpoint_every_steps=4")
+    killed: list[int] = []
+    errors: list[str] = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
+                              args=(tmp_path / "ray_results/killed", killed, errors))
+    killer.start()
+    result = fit(config, processed, run_name="killed", run_id=tracking.start_run(config, {}, run_name="killed"),
+                 progress=False)
+    killer.join()
+    assert killed, f"no training worker was found to kill; state API errors: {errors[-3:]}"
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+
+    ref = fit(config, processed, run_name="uninterrupted", progress=False,
+              run_id=tracking.start_run(config, {}, run_name="uninterrupted"))
+    for key in ("val_recon", "val_loss_discriminator", "val_disc_acc_fake"):
+        assert result.history[-1][key] == pytest.approx(ref.history[-1][key], rel=1e-4, abs=1e-6), key
