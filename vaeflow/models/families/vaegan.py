@@ -38,7 +38,7 @@ class Discriminator(nn.Module):
 
     Args:
         channels, height, width: the image shape.
-        width: channels of the first block; each further block doubles them.
+        base_width: channels of the first block; each further block doubles them.
         layers: the number of blocks, each halving height and width.
         feature_layer: the 1-based block whose output is returned as ``features``.
 
@@ -107,8 +107,9 @@ class VAEGAN(VAE):
         self.discriminator = discriminator
         self.discriminator_lr = discriminator_lr
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, *, target: Any = None,
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> VAEGANOutput:
+        """Shapes: x (N, C, H, W) in [0, 1], labels (N,) for a class-conditional model."""
         posterior = self.encode(x, labels)
         z = posterior.rsample(generator)
         decoded = self.decode(z, labels)
@@ -121,8 +122,8 @@ class VAEGAN(VAE):
 def disc_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The discriminator's accuracy on real images (logit > 0) and on fakes (logit < 0).
 
-    Near 1 on both: the discriminator wins and the decoder's GAN gradient vanishes; fake accuracy near
-    0: the decoder fools it (or it has collapsed). Shapes: (N,), (M,) → two scalars in [0, 1].
+    Near 1 on both: the discriminator wins and the decoder does not fool it; fake accuracy near 0:
+    the decoder fools it (or the discriminator has collapsed). Shapes: (N,), (M,) → two scalars in [0, 1].
     """
     return (real_logits > 0).float().mean(), (fake_logits < 0).float().mean()
 
