@@ -152,7 +152,7 @@ def test_a_discriminator_too_deep_for_the_image_is_a_config_error(tmp_path):
 @pytest.mark.slow
 def test_vaegan_trains_with_two_ray_workers_into_mlflow_and_serves(project, ray_cluster):
     """Two DDP workers on the tiny Fashion-MNIST subset, 2 epochs, then sample and evaluate (no NLL).
-    About 60 s on 2 shared cores: ``-m slow``."""
+    Measured 55–61 s on 2 cores shared with other jobs: ``-m slow``."""
     config = tiny_config(project, *SMALL, "train.epochs=2")
     paths = stages.Paths.for_modality("image", project)
     metrics = stages.train(config, paths, progress=False)
@@ -188,7 +188,8 @@ def test_vaegan_trains_with_two_ray_workers_into_mlflow_and_serves(project, ray_
 @pytest.mark.slow
 def test_a_killed_worker_resumes_the_vaegan_exactly(tmp_path, tiny_data, ray_cluster):
     """A worker killed after the first mid-epoch checkpoint: the group restarts, the three optimizers'
-    states come back, and the run ends where an uninterrupted one does. About 90 s: ``-m slow``."""
+    states come back, and the run ends where an uninterrupted one does. Measured 177 s on 2 cores shared
+    with other jobs (load average 17–29; about 55 s of it the worker group's restart): ``-m slow``."""
     from tests.test_fault_tolerance import _kill_a_worker_after_first_checkpoint
     from vaeflow.training.ray import fit
 
