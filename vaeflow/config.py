@@ -123,6 +123,36 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VAEGANConfig:
+    """``model.vaegan``: the VAE-GAN family's discriminator and loss weights (Larsen et al. 2016,
+    https://arxiv.org/abs/1512.09300; docs/image.md, "VAE-GAN"). Read by ``model.family: vaegan`` only."""
+
+    # γ: weight of the feature-space reconstruction against the GAN loss in the decoder's loss.
+    gamma: float = 1.0
+    # Channels of the discriminator's first conv block; each further block doubles them.
+    width: int = 32
+    # Conv blocks of the discriminator, each halving height and width (28 → 14 → 7 → 3 for 3).
+    layers: int = 3
+    # The block l (1-based) whose output Dis_l(x) is the space the reconstruction is measured in.
+    feature_layer: int = 3
+    # Weight of the pixel-space reconstruction −log p(x | z) in the encoder's and decoder's losses:
+    # an anchor while the discriminator's features are still uninformative; 0: the paper's objective.
+    pixel_weight: float = 1.0
+    # The discriminator's learning rate; None: train.lr (the encoder and decoder always use train.lr).
+    discriminator_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        require_positive("model.vaegan", width=self.width, layers=self.layers)
+        require(1 <= self.feature_layer <= self.layers,
+                f"model.vaegan.feature_layer must be between 1 and model.vaegan.layers ({self.layers}), "
+                f"got {self.feature_layer}")
+        require(self.gamma >= 0 and self.pixel_weight >= 0,
+                f"model.vaegan.gamma and model.vaegan.pixel_weight must be ≥ 0, got {self.gamma} and {self.pixel_weight}")
+        require(self.discriminator_lr is None or self.discriminator_lr > 0,
+                f"model.vaegan.discriminator_lr must be > 0 or null (train.lr), got {self.discriminator_lr}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     latent_dim: int = 16
     encoder: ModuleSpec = ModuleSpec("conv2d")
@@ -131,6 +161,13 @@ class ModelConfig:
     conditional: bool = False
     # The model family (registry.FAMILIES): it owns the objective, optimizers and inference verbs.
     family: str = "vae"
+    vaegan: VAEGANConfig = VAEGANConfig()
+
+    def __post_init__(self) -> None:
+        # Settings another family would silently ignore.
+        require(self.family == "vaegan" or self.vaegan == VAEGANConfig(),
+                f"model.vaegan is read by model.family vaegan only (this job's family is {self.family}); "
+                "remove the model.vaegan settings or set model.family: vaegan")
 
 
 @dataclasses.dataclass(frozen=True)
