@@ -75,7 +75,7 @@ class PixelCNNPrior(nn.Module):
         if (self.label_bias is None) != (labels is None):
             raise ValueError("this prior is class-conditional: pass labels=..." if labels is None
                              else "this prior is unconditional: pass no labels")
-        h = self.first(self.embed(codes).permute(0, 3, 1, 2))  # (N, h, w, C) → (N, C, h, w)
+        h = self.first(self.embed(codes).permute(0, 3, 1, 2).contiguous())  # (N, h, w, C) → (N, C, h, w)
         biases = [None] * len(self.blocks)
         if self.label_bias is not None:
             biases = self.label_bias(labels)[:, :, None, None].chunk(len(self.blocks), dim=1)  # each (N, C, 1, 1)
