@@ -224,7 +224,7 @@ def _grid_encoder(input_spec: dict[str, Any], code_dim: int, options: dict[str, 
     blocks = list(conv.features)[:-1]  # its Flatten (and the fully connected head) are left out
     last = [m for m in blocks if isinstance(m, nn.Conv2d)][-1].out_channels
     h, w = input_spec["height"], input_spec["width"]
-    for _ in range(len(blocks) // 2):  # (conv, activation) pairs, each halving rounding up
+    for _ in range(sum(isinstance(m, nn.Conv2d) for m in blocks)):  # each strided block halves, rounding up
         h, w = (h + 1) // 2, (w + 1) // 2
     return nn.Sequential(*blocks, nn.Conv2d(last, code_dim, kernel_size=1)), (h, w)
 
