@@ -213,7 +213,8 @@ def test_bad_vq_settings_are_one_line_config_errors(tmp_path):
 # --- through Ray Train, MLflow and the pyfunc (slow) -----------------------------------------------
 
 
-# About 70 s (two epochs on 2 workers, then sample and evaluate).
+# Measured 46–67 s on 2 shared cores (two epochs on 2 workers, then sample and evaluate), plus ~20 s of
+# data and Ray set-up shared with the session.
 @pytest.mark.slow
 def test_vqvae_trains_both_phases_through_ray_mlflow_and_serves_codes_and_samples(project, ray_cluster):
     import mlflow
@@ -306,7 +307,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-# About 15 s (two spawned processes, each importing torch and this module), longer on a loaded machine.
+# Measured 11 s (one setting) to 48 s (two settings, a loaded machine): two spawned processes, each
+# importing torch and this module.
 @pytest.mark.slow
 def test_ema_codebooks_and_restarts_stay_identical_across_ddp_workers(tmp_path):
     import torch.multiprocessing as mp
@@ -325,7 +327,8 @@ def test_ema_codebooks_and_restarts_stay_identical_across_ddp_workers(tmp_path):
     assert not torch.equal(results[0]["codebook"], results[2]["codebook"])
 
 
-# About 90 s (two fits of two epochs and a worker group restart).
+# Measured 166 s on a heavily loaded machine (two fits of two epochs and a worker group restart;
+# test_fault_tolerance's equivalent takes about 60 s unloaded).
 @pytest.mark.slow
 def test_a_killed_worker_resumes_the_vqvae_exactly(tmp_path, tiny_data, ray_cluster):
     from tests.test_fault_tolerance import _kill_a_worker_after_first_checkpoint
