@@ -153,6 +153,39 @@ class VAEGANConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VQConfig:
+    """``model.vq``: the VQ-VAE family's codebook and code prior (read by ``model.family: vqvae`` only).
+
+    Each code has ``model.latent_dim`` dimensions (D); docs/image.md explains the two phases.
+    """
+
+    # K, the number of codes in the codebook.
+    codebook_size: int = 128
+    # Weight of the commitment term ‖z_e − sg[e]‖² (van den Oord et al. 2017 use 0.25 throughout).
+    beta: float = 0.25
+    # Update the codebook with exponential moving averages (Razavi et al. 2019) instead of its gradient.
+    ema: bool = False
+    # EMA decay of the codes' counts and sums (read when ema is true).
+    decay: float = 0.99
+    # A code no worker has picked for this many training steps is moved onto an encoder output; 0: never.
+    restart_after_steps: int = 100
+    # Epochs before this one train the VQ-VAE; from it on the PixelCNN prior trains on its frozen codes.
+    prior_start_epoch: int = 5
+    # Width and residual blocks of the PixelCNN prior over the code grid.
+    prior_channels: int = 64
+    prior_layers: int = 4
+
+    def __post_init__(self) -> None:
+        require(self.codebook_size >= 2, f"model.vq.codebook_size must be ≥ 2, got {self.codebook_size}")
+        require(self.beta >= 0, f"model.vq.beta must be ≥ 0, got {self.beta}")
+        require(0 < self.decay < 1, f"model.vq.decay must be in (0, 1), e.g. 0.99; got {self.decay}")
+        require(self.restart_after_steps >= 0,
+                f"model.vq.restart_after_steps must be ≥ 0 (0: never restart), got {self.restart_after_steps}")
+        require_positive("model.vq", prior_start_epoch=self.prior_start_epoch, prior_channels=self.prior_channels,
+                         prior_layers=self.prior_layers)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     latent_dim: int = 16
     encoder: ModuleSpec = ModuleSpec("conv2d")
@@ -162,6 +195,8 @@ class ModelConfig:
     # The model family (registry.FAMILIES): it owns the objective, optimizers and inference verbs.
     family: str = "vae"
     vaegan: VAEGANConfig = VAEGANConfig()
+    # The VQ-VAE family's codebook and prior.
+    vq: VQConfig = VQConfig()
 
     def __post_init__(self) -> None:
         # Settings another family would silently ignore.
@@ -506,6 +541,7 @@ def validate(config: ExperimentConfig) -> None:
     try:
         m = registry.MODALITIES.get_or_raise(config.modality, "modality")
         registry.check_name("model.family", registry.FAMILIES, config.model.family)
+        registry.FAMILIES[config.model.family]().check_config(config)
         registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type, config.modality)
         registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type, config.modality)
     except registry.RegistryError as exc:

@@ -106,7 +106,8 @@ def run_epoch(
     The model's family (``family_of(model)``) gives the named terms of each batch and, through its
     ``objective``, the weight of each term in each optimizer's loss; this loop sums and steps them
     and never names a term. ``optimizer`` is the list ``family.optimizers(...)`` returns, or one
-    torch optimizer for a family with a single one.
+    torch optimizer for a family with a single one. An optimizer whose weights are all 0 at a step
+    does not step (its parameters stay exactly as they are).
 
     Returns the example-weighted means over all workers of each optimizer's loss and the family's
     reported terms (``metric_names``), plus the family's schedule values (e.g. ``beta``) at the end
@@ -172,6 +173,11 @@ def run_epoch(
                             "last good checkpoint is kept. Lower train.lr, set train.grad_clip, or check the data for NaN/inf."
                         )
                 for opt in optimizers:
+                    # Frozen in this phase (every weight 0, e.g. the VQ-VAE while its prior trains): its
+                    # zero gradients still went through backward (DDP expects every parameter's), but
+                    # a step would move it anyway (Adam's momentum, weight decay).
+                    if not any(objective.weights[opt.name].values()):
+                        continue
                     opt.optimizer.step()
                     if opt.scheduler is not None:
                         opt.scheduler.step()

@@ -84,6 +84,9 @@ class Family(abc.ABC):
 
     # --- training -----------------------------------------------------------------------------------
 
+    def check_config(self, config: Any) -> None:
+        """Checks across config sections that only this family needs (raise ``ConfigError``); none by default."""
+
     @abc.abstractmethod
     def build(self, model_config: Any, input_spec: dict[str, Any]) -> nn.Module:
         """The untrained module for ``model_config`` (a ``ModelConfig``) on this data's ``input_spec``."""
