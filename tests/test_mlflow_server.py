@@ -62,6 +62,7 @@ def trained_on_server(mlflow_server, tiny_data, tmp_path_factory, ray_cluster):
     paths = stages.Paths.for_modality("image", root)
     stages.train(config, paths, progress=False)
     stages.sample(config, paths)
+    stages.classifier(config, paths)
     stages.evaluate(config, paths, progress=False)
     run = json.loads((paths.model / "run.json").read_text())
     return config, run, root

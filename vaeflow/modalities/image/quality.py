@@ -33,9 +33,10 @@ CLASSIFIER_FILE = "classifier.pt"
 
 
 class FeatureClassifier(nn.Module):
-    """Three conv blocks, global average pooling, a ``feature_dim`` penultimate layer and the class logits.
+    """Three conv blocks (batch-normalised: a few epochs suffice), average pooling to 2×2, a
+    ``feature_dim`` penultimate layer and the class logits.
 
-    Global pooling makes it work for any image size the data side prepares (28×28 grey, 32×32 RGB …).
+    The adaptive pooling makes it work for any image size the data side prepares (28×28 grey, 32×32 RGB …).
 
     Shapes:
         x: (N, C, H, W) pixels in [0, 1] → features (N, feature_dim), logits (N, num_classes).
@@ -45,12 +46,13 @@ class FeatureClassifier(nn.Module):
         super().__init__()
         self.kwargs = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
         w = width
+        block = lambda c_in, c_out: [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]  # noqa: E731
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 4w, h, w) → (N, 4w)
-            nn.Linear(4 * w, feature_dim), nn.ReLU(),
+            *block(in_channels, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # (N, 4w, h, w) → (N, 4w · 2 · 2)
+            nn.Linear(16 * w, feature_dim), nn.ReLU(),
         )
         self.head = nn.Linear(feature_dim, num_classes)
 
