@@ -108,6 +108,55 @@ def test_the_evaluate_keys_are_validated():
             cfg.load(TINY, overrides=[override])
 
 
+def _two_class_images(n: int, seed: int):
+    """Synthetic 16×16 images of two classes: a bright top half (0) or a bright bottom half (1), plus noise."""
+    from vaeflow.modalities.image.data import ImageDataset
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    x = rng.integers(0, 60, size=(n, 1, 16, 16))
+    for i, label in enumerate(y):
+        x[i, 0, 8 * label : 8 * label + 8] += 180
+    return ImageDataset(x.astype(np.uint8), y.astype(np.int64))
+
+
+def test_the_classifier_learns_saves_and_loads_with_the_same_features(tmp_path):
+    from vaeflow.modalities.image.config import ClassifierConfig
+    from vaeflow.modalities.image.quality import embed, fit_classifier, load_classifier, pixels, save_classifier
+
+    train, test = _two_class_images(128, 0), _two_class_images(64, 1)
+    config = ClassifierConfig(epochs=4, batch_size=32, width=4, feature_dim=8)
+    model, metrics = fit_classifier(train, test, 2, config, seed=0)
+    assert metrics["test_accuracy"] > 0.95 and metrics["n_train"] == 128 and metrics["num_classes"] == 2
+    again, _ = fit_classifier(train, test, 2, config, seed=0)  # seeded: the same weights
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    save_classifier(model, metrics, tmp_path / "clf")
+    loaded, saved = load_classifier(tmp_path / "clf")
+    assert saved == metrics
+    np.testing.assert_array_equal(embed(loaded, pixels(test), 16), embed(model.eval(), pixels(test), 16))
+    assert embed(loaded, pixels(test), 16).shape == (64, 8)
+
+
+def test_unlabelled_images_get_no_classifier_and_evaluate_says_why(tmp_path, caplog):
+    """Your own images without class subfolders: the classifier stage records why, evaluate adds no FD."""
+    from tests.conftest import TINY
+    from vaeflow import config as cfg
+    from vaeflow import registry, stages
+
+    paths = stages.Paths.for_modality("image", tmp_path)
+    paths.processed.mkdir(parents=True)
+    for split in ("train", "test"):
+        np.savez(paths.processed / f"{split}.npz", x=np.zeros((8, 1, 16, 16), np.uint8), y=np.zeros(8, np.int64))
+    (paths.processed / "spec.json").write_text(json.dumps({"channels": 1, "height": 16, "width": 16, "num_classes": 0}))
+    recorded = stages.classifier(cfg.load(TINY), paths)
+    assert recorded["test_accuracy"] is None and "needs at least 2" in recorded["skipped"]
+    assert json.loads((paths.metrics / "classifier.json").read_text()) == recorded
+    task = registry.MODALITIES["image"].task
+    with caplog.at_level("WARNING"):
+        assert task.evaluation_metrics(torch.nn.Linear(1, 1), cfg.load(TINY), paths, tmp_path, torch.Generator()) == {}
+    assert "no FD, precision or recall" in caplog.text
+
+
 # --- through the stages ---------------------------------------------------------------------------------
 
 

@@ -79,10 +79,11 @@ def accuracy(classifier: FeatureClassifier, x: torch.Tensor, y: torch.Tensor, ba
 def fit_classifier(train: ImageDataset, test: ImageDataset, num_classes: int, config: ClassifierConfig,
                    seed: int) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Train the classifier on ``train`` (seeded, on the CPU: the same weights on every machine); score it on ``test``."""
-    torch.manual_seed(seed)
     x, y = pixels(train), train.y
-    model = FeatureClassifier(in_channels=x.shape[1], num_classes=num_classes, width=config.width,
-                              feature_dim=config.feature_dim)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, leaving the caller's random state alone
+        torch.manual_seed(seed)
+        model = FeatureClassifier(in_channels=x.shape[1], num_classes=num_classes, width=config.width,
+                                  feature_dim=config.feature_dim)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     g = torch.Generator().manual_seed(seed)
     for _ in range(config.epochs):
