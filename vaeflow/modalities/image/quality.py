@@ -11,7 +11,6 @@ comparable between models evaluated with the same classifier, not with Inception
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from vaeflow.modalities.image.config import ClassifierConfig, ImageEvaluateConfi
 from vaeflow.modalities.image.data import ImageDataset
 from vaeflow.modalities.image.metrics import Gaussian, frechet_distance, precision_recall
 from vaeflow.models.families import family_of
-
-log = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.pt"
 
