@@ -169,7 +169,8 @@ def test_classifier_stage_is_for_images_only(tmp_path):
         stages.classifier(cfg.load(MOL_TINY), stages.Paths.for_modality("molecule", tmp_path))
 
 
-# About 30 s on 2 shared cores (measured 2026-12-03): a Ray fit of the tiny VAE, the classifier stage, evaluate.
+# Measured 90 s (plus 20 s of Ray start-up) on the 2 shared cores under a load average of about 10
+# (2026-12-03): a Ray fit of the tiny VAE, the classifier stage, evaluate.
 @pytest.mark.slow
 def test_classifier_stage_then_evaluate_reports_fd_precision_recall(project, ray_cluster):
     from tests.conftest import tiny_config
