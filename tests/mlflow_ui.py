@@ -30,7 +30,7 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"
 
 
 def pipeline_on(url: str, tiny_data: Path, root: Path, *overrides: str) -> tuple[Any, dict[str, Any]]:
-    """train → sample → evaluate of the tiny image preset into the server at ``url`` (credentials, if
+    """train → sample → classifier → evaluate of the tiny image preset into the server at ``url`` (credentials, if
     any, from the environment); the resolved config and models/image/run.json."""
     (root / "data/processed").mkdir(parents=True)
     (root / "data/processed/image").symlink_to(tiny_data / "data/processed/image")
@@ -38,6 +38,7 @@ def pipeline_on(url: str, tiny_data: Path, root: Path, *overrides: str) -> tuple
     paths = stages.Paths.for_modality("image", root)
     stages.train(config, paths, progress=False)
     stages.sample(config, paths)
+    stages.classifier(config, paths)
     stages.evaluate(config, paths, progress=False)
     return config, json.loads((paths.model / "run.json").read_text())
 

@@ -63,6 +63,8 @@ def test_repro_then_noop_then_experiment(repo):
     assert "@molecule" not in out and "@timeseries" not in out
     evaluate = json.loads((repo / "metrics/image/evaluate.json").read_text())
     assert evaluate["iwae_k"] == 10 and evaluate["n_test"] == 256
+    # FD in the classifier stage's features: the training set sits closer to the test set than its blurred copy.
+    assert "Running stage 'classifier'" in out and evaluate["fd_train_vs_test"] < evaluate["fd_blurred_test"]
     train = json.loads((repo / "metrics/image/train.json").read_text())
     assert train["epochs"] == 1
 

@@ -21,6 +21,7 @@ from vaeflow import tracking
 
 MODALITIES = ("image", "timeseries", "molecule")
 ALL = ("prepare", "train", "sample", "evaluate")
+CLASSIFIER = {"classifier"}  # images only: the in-domain classifier of evaluate@image's FD
 
 
 def _stale(*stages: str, modality: str = "image") -> set[str]:
@@ -33,7 +34,7 @@ def _all_modalities(*stages: str) -> set[str]:
 
 # (params.yaml key, new value) → the stages that read it.
 PARAM_CHANGES = [
-    ("image.seed", 1, _stale(*ALL)),
+    ("image.seed", 1, _stale(*ALL) | CLASSIFIER),
     ("image.data.val_size", 100, _stale("prepare")),
     # Read when batches become model inputs (train, evaluate); prepare tracks its whole data section.
     ("image.data.binarize", False, _stale("prepare", "train", "evaluate")),
@@ -44,6 +45,9 @@ PARAM_CHANGES = [
     ("image.train.precision", "bf16", _stale("train", "evaluate")),
     ("image.sample.n", 8, _stale("sample")),
     ("image.evaluate.iwae_k", 5, _stale("evaluate")),
+    ("image.evaluate.n_fd_samples", 100, _stale("evaluate")),
+    # Evaluate reads the classifier's output, which reruns only once its weights change.
+    ("image.evaluate.classifier.epochs", 1, CLASSIFIER),
     ("image.tracking.experiment", "other", _stale("train", "sample", "evaluate")),
     ("timeseries.data.window", 12, _stale("prepare", modality="timeseries")),
     ("timeseries.evaluate.posthoc_steps", 10, _stale("evaluate", modality="timeseries")),
@@ -66,7 +70,9 @@ FILE_CHANGES = [
     ("vaeflow/modalities/image/files.py", _stale("prepare")),
     ("vaeflow/modalities/timeseries/files.py", _stale("prepare", modality="timeseries")),
     ("vaeflow/modalities/molecule/chem.py", _stale(*ALL, modality="molecule")),
-    ("vaeflow/modalities/image/data.py", _stale(*ALL)),
+    ("vaeflow/modalities/image/data.py", _stale(*ALL) | CLASSIFIER),
+    ("vaeflow/modalities/image/quality.py", _stale("evaluate") | CLASSIFIER),
+    ("vaeflow/modalities/image/metrics.py", _stale("evaluate")),
     ("vaeflow/modalities/image/task.py", _stale("sample", "evaluate")),
     ("vaeflow/idx.py", _stale("prepare")),
     ("vaeflow/splits.py", _all_modalities("prepare")),
@@ -76,7 +82,7 @@ FILE_CHANGES = [
     ("vaeflow/modalities/timeseries/anomaly.py", set()),
     ("vaeflow/training/ray.py", _all_modalities("train")),
     ("vaeflow/training/loop.py", _all_modalities("train", "evaluate")),
-    ("vaeflow/stages.py", _all_modalities("train", "sample", "evaluate")),
+    ("vaeflow/stages.py", _all_modalities("train", "sample", "evaluate") | CLASSIFIER),
     ("vaeflow/download.py", _all_modalities("prepare")),
     ("pipelines/sample.py", _all_modalities("sample")),
     # The CLI only resolves the config (tracked as params); the cluster client and docs decide no output.

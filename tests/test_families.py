@@ -119,8 +119,10 @@ def test_a_family_defined_in_a_test_file_trains_through_ray_mlflow_and_the_pyfun
 
     # sample and evaluate (figures from the family's verbs; no likelihood, so no IWAE NLL) log into the same run.
     assert stages.sample(config, paths)["n_samples"] == config.sample.n
+    stages.classifier(config, paths)  # FD and precision/recall sample through the family too
     ev = stages.evaluate(config, paths, progress=False)
-    assert set(ev) == {"test_recon", "test_l2", "n_test"}
+    quality = {f"{m}{s}" for m in ("fd", "precision", "recall") for s in ("", "_train_vs_test", "_blurred_test")}
+    assert set(ev) == {"test_recon", "test_l2", "n_test", "n_fd_samples", "n_fd_train", "classifier_test_accuracy"} | quality
     assert {a.path for a in client.list_artifacts(run["mlflow_run_id"], "evaluation")} >= {
         "evaluation/reconstructions.png", "evaluation/interpolation.png", "evaluation/latent_pca.png"}
 

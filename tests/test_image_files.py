@@ -399,7 +399,7 @@ def test_rgb_photos_train_sample_and_evaluate_through_the_cli(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     sets = ["--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "--set", f"tracking.artifact_location={tmp_path}/mlartifacts",
             "--set", "train.epochs=3", "--set", "evaluate.iwae_k=20"]
-    for stage in ("prepare", "train", "sample", "evaluate"):
+    for stage in ("prepare", "classifier", "train", "sample", "evaluate"):
         assert main([stage, "--modality", "image", "--preset", str(FILES), "--no-progress", *sets]) == 0, stage
 
     prepared = json.loads(Path("metrics/image/prepare.json").read_text())

@@ -67,6 +67,7 @@ def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
 
     # sample and evaluate log into the same run.
     stages.sample(config, paths)
+    stages.classifier(config, paths)
     ev = stages.evaluate(config, paths, progress=False)
     assert ev["iwae_k"] == 10 and ev["test_nll_iwae"] <= ev["iwae_subset_neg_elbo"] + 1e-3
     assert len(client.search_runs([exp.experiment_id])) == 1
@@ -177,8 +178,9 @@ def test_sample_and_evaluate_run_on_the_gpu_under_use_gpu(project):
     model, _ = stages._load_trained(paths, config)
     assert {p.device.type for p in model.parameters()} == {"cuda"}
     assert stages.sample(config, paths)["n_samples"] == config.sample.n
+    stages.classifier(config, paths)
     ev = stages.evaluate(config, paths, progress=False)
-    assert np.isfinite(ev["test_nll_iwae"]) and np.isfinite(ev["test_neg_elbo"])
+    assert np.isfinite(ev["test_nll_iwae"]) and np.isfinite(ev["test_neg_elbo"]) and np.isfinite(ev["fd"])
 
 
 @pytest.mark.parametrize("modality", ["image", "timeseries", "molecule"])

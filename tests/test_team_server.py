@@ -170,7 +170,7 @@ def test_a_submitted_job_is_reviewed_in_the_ui_with_its_password_nowhere(team_se
             "tracking.registered_model=alice-reviewed-model", "train.epochs=2", f"train.storage_path={project}/ray_results"]
     env = team_server.env("alice") | {k: head_env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     password, jobs = USERS["alice"], []
-    for command in ("train", "sample", "evaluate"):
+    for command in ("train", "sample", "classifier", "evaluate"):
         proc = subprocess.run(
             [sys.executable, "-m", "vaeflow.cli", "submit", "--address", address, "--working-dir", str(workdir), "--",
              command, "--preset", "configs/image/tiny.yaml", "--root", str(project), "--no-progress",

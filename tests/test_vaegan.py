@@ -180,7 +180,9 @@ def test_vaegan_trains_with_two_ray_workers_into_mlflow_and_serves(project, ray_
     assert samples.shape == (4, 1, 28, 28) and np.isfinite(samples).all()
 
     assert stages.sample(config, paths)["n_samples"] == config.sample.n
+    stages.classifier(config, paths)  # the in-domain features evaluate's FD and precision/recall use
     ev = stages.evaluate(config, paths, progress=False)
+    assert {"fd", "precision", "recall", "fd_train_vs_test", "fd_blurred_test"} <= set(ev)
     assert "test_nll_iwae" not in ev and {"test_recon", "test_disc_acc_real", "test_disc_acc_fake"} <= set(ev)
     assert registry.FAMILIES.get_or_raise("vaegan", "model.family").score == "recon"
 

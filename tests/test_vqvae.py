@@ -263,7 +263,9 @@ def test_vqvae_trains_both_phases_through_ray_mlflow_and_serves_codes_and_sample
     assert samples.shape == cold.shape == (4, 1, 28, 28) and not np.allclose(samples, cold)
 
     assert stages.sample(config, paths)["n_samples"] == config.sample.n
+    stages.classifier(config, paths)  # the in-domain features evaluate's FD and precision/recall use
     ev = stages.evaluate(config, paths, progress=False)
+    assert {"fd", "precision", "recall", "fd_train_vs_test", "fd_blurred_test"} <= set(ev)
     assert {"test_neg_elbo", "test_prior_nll", "test_prior_bits_per_dim", "test_nll_iwae", "test_usage"} <= set(ev)
     # The bound from log_likelihood is recon + prior NLL on the same (fixed) examples.
     assert ev["test_nll_iwae"] == pytest.approx(ev["iwae_subset_neg_elbo"], rel=1e-4)

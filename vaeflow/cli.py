@@ -1,4 +1,4 @@
-"""The ``vaeflow`` command: ``vaeflow {prepare,train,sample,evaluate,config,params,submit,anomaly,interpolate,optimize} …``.
+"""The ``vaeflow`` command: ``vaeflow {prepare,classifier,train,sample,evaluate,config,params,submit,anomaly,interpolate,optimize} …``.
 
 Configuration comes from params.yaml's section for ``--modality`` (what DVC tracks), or from the
 preset file ``--preset`` instead, then ``--set section.key=value`` overrides (docs/configuration.md).
@@ -17,7 +17,7 @@ from typing import Any
 
 from vaeflow import config as cfg
 
-STAGES = ("prepare", "train", "sample", "evaluate")
+STAGES = ("prepare", "classifier", "train", "sample", "evaluate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,9 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
         "prepare": "fetch, verify and split the raw data set into data/processed/<modality>/",
+        "classifier": "images: train the in-domain classifier whose features evaluate's FD and precision/recall use",
         "train": "train with Ray Train (resumes an unfinished job with the same config) and log to MLflow",
         "sample": "draw samples from the trained model's prior into samples/<modality>/",
-        "evaluate": "test −ELBO, IWAE NLL and figures into metrics/ and plots/",
+        "evaluate": "test −ELBO, IWAE NLL, figures (and for images FD, precision, recall) into metrics/ and plots/",
         "config": "print the resolved configuration as YAML and exit",
         "params": "write a preset's values (+ --set) into params.yaml's section for one modality (e.g. to switch to the full preset)",
     }
@@ -237,7 +238,8 @@ def run(args: argparse.Namespace) -> Any:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return None
-    stage = {"prepare": stages.prepare, "train": stages.train, "sample": stages.sample, "evaluate": stages.evaluate}
+    stage = {"prepare": stages.prepare, "classifier": stages.classifier, "train": stages.train, "sample": stages.sample,
+             "evaluate": stages.evaluate}
     paths = stages.Paths.for_modality(config.modality, args.root)
     return stage[args.command](config, paths, progress=not args.no_progress)
 

@@ -1,4 +1,5 @@
-"""The pipeline's stages as plain functions: prepare → train → sample → evaluate.
+"""The pipeline's stages as plain functions: prepare → train → sample → evaluate (and, for images,
+the ``classifier`` whose features evaluate's FD and precision/recall use).
 
 Each takes the resolved config and the stage's paths, writes its outputs atomically, returns the
 metrics it wrote, and logs into the job's single MLflow run (opened by ``train``, whose id
@@ -40,6 +41,7 @@ class Paths:
     samples: Path
     metrics: Path
     plots: Path
+    classifier: Path  # images: the in-domain classifier of FD and precision/recall
 
     @classmethod
     def for_modality(cls, modality: str, root: str | Path = ".") -> Paths:
@@ -51,6 +53,7 @@ class Paths:
             samples=root / "samples" / modality,
             metrics=root / "metrics" / modality,
             plots=root / "plots" / modality,
+            classifier=root / "models/classifier" / modality,
         )
 
 
@@ -78,6 +81,31 @@ def prepare(config: ExperimentConfig, paths: Paths, *, progress: bool = True) ->
     counts = _modality(config).data.prepare(config.data, config.seed, paths.processed, progress=progress)
     write_json(paths.metrics / "prepare.json", counts)
     return counts
+
+
+def classifier(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
+    """Train the in-domain classifier on the prepared training split (images only; docs/image.md).
+
+    Unlabelled images (your own, without class subfolders) have no classes to learn: the stage
+    records why, and evaluate then reports no FD, precision or recall.
+    """
+    if config.modality != "image":
+        raise ConfigError(f"the classifier stage is for images (FD and precision/recall), not {config.modality}; "
+                          "pass --modality image")
+    from vaeflow.modalities.image import quality
+
+    data = _modality(config).data
+    n_classes = data.input_spec(paths.processed)["num_classes"]
+    train, test = (data.load(paths.processed, split) for split in ("train", "test"))
+    if n_classes >= 2:
+        model, metrics = quality.fit_classifier(train, test, n_classes, config.evaluate.classifier, config.seed)
+    else:
+        model, metrics = None, {"num_classes": n_classes, "test_accuracy": None,
+                                "skipped": f"{paths.processed} has {n_classes} classes, and the FD classifier needs "
+                                           "at least 2; put your images in class subfolders (docs/image.md)"}
+    quality.save_classifier(model, metrics, paths.classifier)
+    write_json(paths.metrics / "classifier.json", metrics)
+    return metrics
 
 
 # --- train -----------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ _BATCH = 100  # MLflow's log_batch limit for params per call
 # Sections that the sample and evaluate stages log themselves, when they run (not train, which never reads them).
 STAGE_SECTIONS = ("sample", "evaluate")
 # Keys of evaluate's metrics dict that are settings (how the numbers were made), logged as params.
-EVALUATE_SETTINGS = ("n_test", "iwae_k", "iwae_examples", "posthoc_seeds", "posthoc_steps")
+EVALUATE_SETTINGS = ("n_test", "iwae_k", "iwae_examples", "posthoc_seeds", "posthoc_steps", "n_fd_samples", "n_fd_train")
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -223,7 +223,7 @@ def log_stage_config(c: MlflowClient, run_id: str, stage: str, section: Any, use
     ``dvc exp run -S image.evaluate.iwae_k=50``) logs the new value as a tag of the same name, and
     the artifact ``stage_config/<stage>.json`` always holds the latest run's settings.
     """
-    plain = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    plain = dataclasses.asdict(section)  # a nested section (evaluate.classifier) as a dict: logged as JSON
     values = {f"{stage}.{k}": json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in plain.items()}
     for k, v in (used or {}).items():
         if k not in plain:

@@ -1,7 +1,9 @@
-"""Image samples and evaluation figures: prior sample grids, reconstructions, interpolation, latent PCA."""
+"""Image samples and evaluation figures: prior sample grids, reconstructions, interpolation, latent PCA;
+sample quality (FD, precision/recall in the in-domain classifier's features, ``quality.py``)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,11 @@ import torch
 
 from vaeflow import plots
 from vaeflow.modalities.base import ModalityTask
+from vaeflow.modalities.image import quality
 from vaeflow.modalities.image.data import ImageDataset
 from vaeflow.models.families import family_of
+
+log = logging.getLogger(__name__)
 
 
 class ImageTask(ModalityTask):
@@ -65,3 +70,15 @@ class ImageTask(ModalityTask):
                          for i in range(0, len(x), 1024)])
         plots.latent_scatter(mus.cpu().numpy(), y.cpu().numpy(), paths[2], class_names=spec.get("class_names", ()))
         return paths
+
+    def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
+                           generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
+        """FD, precision and recall of the model's samples and of the two reference sets (``quality.sample_quality``)."""
+        device = next(model.parameters()).device
+        classifier, scores = quality.load_classifier(paths.classifier, device)
+        if classifier is None:
+            log.warning("no FD, precision or recall: %s", scores["skipped"])
+            return {}
+        train, test = (self.data.load(paths.processed, split) for split in ("train", "test"))
+        metrics = quality.sample_quality(model, classifier, train, test, config.evaluate, generator)
+        return metrics | {"classifier_test_accuracy": scores["test_accuracy"]}
