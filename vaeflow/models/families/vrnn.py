@@ -152,7 +152,6 @@ class VRNN(nn.Module):
         """
         device = next(self.parameters()).device
         h = self.h0(n, labels, device)
-        log_sigma = self.likelihood.output(torch.zeros(1, 1, 1, device=device)).scale[0, 0]  # (C,)
         out = []
         for t in range(length):
             if z is None:
@@ -162,9 +161,8 @@ class VRNN(nn.Module):
             else:
                 z_t = z[:, t]
             fz = self.phi_z(z_t)
-            x_t = self.emission(torch.cat([fz, h], -1))
-            if not mean:
-                x_t = x_t + log_sigma.exp() * torch.randn(x_t.shape, generator=generator, device=device)
+            step = self.likelihood.output(self.emission(torch.cat([fz, h], -1)).unsqueeze(1))  # (n, C) → (n, 1, C)
+            x_t = self.likelihood.generate(step, generator, mean=mean).squeeze(1)
             h = self.cell(torch.cat([self.phi_x(x_t), fz], -1), h)
             out.append(x_t)
         return torch.stack(out, 1)  # T × (n, C) → (n, T, C)
