@@ -206,7 +206,7 @@ def test_per_step_scores_add_up_and_reach_the_anomaly_csv(tmp_path):
     assert summary["most_anomalous_step_row"] == i * 4 + t
 
 
-# About 15 s with one torch thread on 2 shared cores (in-process training, no Ray; several threads
+# Measured 14 s with one torch thread on 2 shared cores (in-process training, no Ray; several threads
 # fighting over the cores made it 4 minutes): -m slow.
 @pytest.mark.slow
 def test_per_step_score_peaks_at_an_injected_spike(one_thread):
@@ -247,7 +247,8 @@ def _tiny(tmp_path, *overrides):
         "model.vrnn.feature=8", *overrides])
 
 
-# About 60 s on 2 shared cores: -m slow.
+# Measured 152 s and 478 s on 2 cores shared with four other sessions (load average 19 and 30); the
+# unloaded time is not known (the image pipeline test of the same shape takes about 35 s per fit): -m slow.
 @pytest.mark.slow
 def test_vrnn_pipeline_two_workers_one_run_long_samples_and_the_pyfunc(tmp_path, ray_cluster):
     import mlflow
@@ -270,9 +271,8 @@ def test_vrnn_pipeline_two_workers_one_run_long_samples_and_the_pyfunc(tmp_path,
     for key in ("test_neg_elbo", "test_kl", "discriminative_score_train", "discriminative_score_train_10x",
                 "predictive_score_train", "discriminative_score_test", "acf_distance_train"):
         assert np.isfinite(ev[key]), key
-    nll = [k for k in ev if "nll" in k]
-    assert nll and all(np.isfinite(ev[k]) for k in nll)
-    assert ev[nll[0]] <= ev["test_neg_elbo"] + 1e-3 or "bits" in nll[0]  # the IWAE bound is at least as tight
+    # The IWAE NLL over whole paths is no looser than the −ELBO on the same test series.
+    assert np.isfinite(ev["test_nll_iwae"]) and ev["test_nll_iwae"] <= ev["iwae_subset_neg_elbo"] + 3 * ev["test_nll_iwae_sem"]
 
     client = tracking.client(config.tracking)
     run_id = json.loads((paths.model / "run.json").read_text())["mlflow_run_id"]
