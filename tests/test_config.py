@@ -98,7 +98,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         # Another modality's data set and keys: one line naming this modality and what it allows.
         ("data.dataset=stocks", r"data\.dataset: unknown image data set 'stocks'; allowed: fashion-mnist, mnist$"),
         ("data.window=5", r"^unknown key data\.window for modality image; allowed keys: dataset, source, path, val_size, limit_train, limit_test, binarize, mode, image_size, crop, alpha, min_size, val_fraction, test_fraction$"),
-        ("evaluate.anomaly_k=4", r"^unknown key evaluate\.anomaly_k for modality image; allowed keys: iwae_k, iwae_examples, batch_size$"),
+        ("evaluate.anomaly_k=4", r"^unknown key evaluate\.anomaly_k for modality image; allowed keys: iwae_k, iwae_examples, batch_size, n_fd_samples, pr_k, blur_sigma, classifier$"),
         ("sample.properties.logP=3", r"^unknown key sample\.properties for modality image; allowed keys: n, temperature$"),
         ("data.val_size=-1", r"data\.val_size must be ≥ 0, got -1"),
         ("evaluate.iwae_k=0", r"evaluate\.iwae_k must be ≥ 1, got 0"),

@@ -186,6 +186,22 @@ class VQConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class VRNNConfig:
+    """``model.vrnn``: the sizes of the VRNN family (Chung et al. 2015); z_t has ``model.latent_dim``."""
+
+    # Size of the GRU state h_t that carries the past.
+    hidden: int = 64
+    # Width of the feature extractors φx(x_t), φz(z_t) and of the prior, posterior and decoder MLPs.
+    feature: int = 32
+    # Initial σ of the Gaussian likelihood in scaled units (as the sequence decoders' scale_init).
+    scale_init: float = 0.1
+
+    def __post_init__(self) -> None:
+        require_positive("model.vrnn", hidden=self.hidden, feature=self.feature)
+        require(self.scale_init > 0, f"model.vrnn.scale_init must be > 0, got {self.scale_init}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     latent_dim: int = 16
     encoder: ModuleSpec = ModuleSpec("conv2d")
@@ -194,9 +210,12 @@ class ModelConfig:
     conditional: bool = False
     # The model family (registry.FAMILIES): it owns the objective, optimizers and inference verbs.
     family: str = "vae"
+    # Read by the vaegan family only (images).
     vaegan: VAEGANConfig = VAEGANConfig()
-    # The VQ-VAE family's codebook and prior.
+    # The VQ-VAE family's codebook and prior (images).
     vq: VQConfig = VQConfig()
+    # Read by the vrnn family only (time series).
+    vrnn: VRNNConfig = VRNNConfig()
 
     def __post_init__(self) -> None:
         # Settings another family would silently ignore.
@@ -542,8 +561,9 @@ def validate(config: ExperimentConfig) -> None:
         m = registry.MODALITIES.get_or_raise(config.modality, "modality")
         registry.check_name("model.family", registry.FAMILIES, config.model.family)
         registry.FAMILIES[config.model.family]().check_config(config)
-        registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type, config.modality)
-        registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type, config.modality)
+        if registry.FAMILIES[config.model.family].uses_encoder_decoder:  # a family with networks of its own (the VRNN) reads neither
+            registry.check_options("model.encoder", registry.ENCODERS, config.model.encoder, check_type, config.modality)
+            registry.check_options("model.decoder", registry.DECODERS, config.model.decoder, check_type, config.modality)
     except registry.RegistryError as exc:
         raise ConfigError(str(exc)) from None
     # One DATASETS registry serves every modality: only this modality's kind of source is allowed.

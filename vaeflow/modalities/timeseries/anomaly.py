@@ -4,6 +4,8 @@ The CSV holds one row per time step and one column per channel of the training d
 row is optional). It is scaled with the scaler fitted at prepare time, cut into the model's
 windows, and each window gets two scores (higher = more anomalous): the negative Monte-Carlo
 reconstruction probability and the −ELBO, computed by the model's family (its ``anomaly_scores``).
+A family with a latent variable per step (the VRNN) also scores every step of the window: the
+``step_scores`` column holds them space-separated in step order (empty for the whole-window VAEs).
 """
 
 from __future__ import annotations
@@ -34,16 +36,35 @@ class AnomalyScores:
 
     recon_prob: np.ndarray
     neg_elbo: np.ndarray
+    # Per step of each window, from a family with a latent variable per step (the VRNN):
+    # −(1/k) Σ_k log p(x_t | z_≤t, x_<t), NaN at padding; None for the whole-window VAEs. (N, T)
+    recon_prob_steps: np.ndarray | None = None
+
+    def step_column(self) -> list[str]:
+        """The per-step scores of each window as one CSV field: space-separated, in step order
+        (empty fields for a family without per-step scores)."""
+        if self.recon_prob_steps is None:
+            return [""] * len(self.recon_prob)
+        return [" ".join(f"{v:.6g}" for v in row) for row in self.recon_prob_steps]
+
+    def top_step(self) -> dict[str, int]:
+        """Where the highest per-step score is: ``{"window": i, "step": t}`` (t within window i), or
+        empty for a family without per-step scores."""
+        if self.recon_prob_steps is None:
+            return {}
+        i, t = np.unravel_index(np.nanargmax(self.recon_prob_steps), self.recon_prob_steps.shape)
+        return {"window": int(i), "step": int(t)}
 
 
 @torch.no_grad()
 def anomaly_scores(model: Any, windows: torch.Tensor, *, labels: torch.Tensor | None = None, k: int = 16,
                    generator: torch.Generator | None = None, batch_size: int = 256) -> AnomalyScores:
     """Score windows (scaled units, NaN for padding) with a trained time-series model, through its
-    family's ``anomaly_scores`` (which must give ``recon_prob`` and ``neg_elbo``).
+    family's ``anomaly_scores`` (which must give ``recon_prob`` and ``neg_elbo``, and may give
+    ``recon_prob_steps``).
 
     Shapes:
-        windows: (N, T, C); labels: (N,) for a conditional model → each score (N,)
+        windows: (N, T, C); labels: (N,) for a conditional model → each score (N,), per step (N, T)
     """
     model.eval()
     family = family_of(model)
@@ -54,8 +75,9 @@ def anomaly_scores(model: Any, windows: torch.Tensor, *, labels: torch.Tensor | 
         lab = None if labels is None or not model.num_classes else labels[i : i + batch_size].to(device)
         scores = family.anomaly_scores(model, ModelInputs(x=x, target=target, labels=lab), k=k, generator=generator)
         for name, part in parts.items():
-            part.append(scores[name].cpu())
-    return AnomalyScores(**{name: torch.cat(part).numpy() for name, part in parts.items()})
+            if name in scores:
+                part.append(scores[name].cpu())
+    return AnomalyScores(**{name: torch.cat(part).numpy() for name, part in parts.items() if part})
 
 
 
@@ -104,13 +126,15 @@ def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Pat
     scores = anomaly_scores(model, windows, labels=labels, k=k, generator=torch.Generator().manual_seed(seed))
     with atomic_path(out_file) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["window", "start_row", "end_row", "recon_prob_score", "neg_elbo_score"])
-        for i, (a, b) in enumerate(zip(scores.recon_prob, scores.neg_elbo)):
-            w.writerow([i, i * stride, i * stride + window - 1, f"{a:.6g}", f"{b:.6g}"])
+        w.writerow(["window", "start_row", "end_row", "recon_prob_score", "neg_elbo_score", "step_scores"])
+        for i, (a, b, steps) in enumerate(zip(scores.recon_prob, scores.neg_elbo, scores.step_column())):
+            w.writerow([i, i * stride, i * stride + window - 1, f"{a:.6g}", f"{b:.6g}", steps])
     top = int(np.argmax(scores.neg_elbo))
+    step = scores.top_step()
     return {"output": str(out_file), "windows": len(windows), "window": window, "stride": stride, "k": k,
             "max_neg_elbo_score": float(scores.neg_elbo[top]), "most_anomalous_start_row": top * stride,
-            "median_neg_elbo_score": float(np.median(scores.neg_elbo))}
+            "median_neg_elbo_score": float(np.median(scores.neg_elbo)),
+            **({"most_anomalous_step_row": step["window"] * stride + step["step"]} if step else {})}
 
 
 def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, *, k: int | None = None,
@@ -178,9 +202,9 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
     with atomic_path(out_file) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["series", "window", "start_step", "end_step", "start_time", "end_time",
-                    "recon_prob_score", "neg_elbo_score"])
-        for row, a, b in zip(rows, scores.recon_prob, scores.neg_elbo):
-            w.writerow([*row, f"{a:.6g}", f"{b:.6g}"])
+                    "recon_prob_score", "neg_elbo_score", "step_scores"])
+        for row, a, b, steps in zip(rows, scores.recon_prob, scores.neg_elbo, scores.step_column()):
+            w.writerow([*row, f"{a:.6g}", f"{b:.6g}", steps])
     top = int(np.argmax(scores.neg_elbo))
     return {"output": str(out_file), "series": len(got.series) - short, "series_too_short": short,
             "windows": len(windows), "window": window, "stride": stride, "k": k,
@@ -188,7 +212,9 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
             "imputed_values": counts["imputed_values"], "dropped_steps": counts["dropped_steps"],
             "max_neg_elbo_score": float(scores.neg_elbo[top]), "most_anomalous_series": rows[top][0],
             "most_anomalous_start_step": rows[top][2], "most_anomalous_start_time": rows[top][4],
-            "median_neg_elbo_score": float(np.median(scores.neg_elbo))}
+            "median_neg_elbo_score": float(np.median(scores.neg_elbo)),
+            **({"most_anomalous_step_series": rows[step["window"]][0],
+                "most_anomalous_step": rows[step["window"]][2] + step["step"]} if (step := scores.top_step()) else {})}
 
 
 def _time_text(times: np.ndarray | None, step: int) -> str:

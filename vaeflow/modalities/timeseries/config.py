@@ -90,8 +90,18 @@ class TimeSeriesDataConfig(DataConfig):
                 f"data.delimiter must be one character (e.g. ',' or '\\t'), got {self.delimiter!r}")
 
 
-# Time series sample with the common section.
-TimeSeriesSampleConfig = SampleConfig
+@dataclasses.dataclass(frozen=True)
+class TimeSeriesSampleConfig(SampleConfig):
+    """``sample``: the common keys plus the length of the generated series."""
+
+    # Time steps per generated series; None: the training window. Longer series need a family that
+    # generates any length (the vrnn rolls its prior forward); the whole-window VAEs cannot.
+    length: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.length is None or self.length >= 1,
+                f"sample.length must be ≥ 1 time steps (or null for the training window), got {self.length}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vaeflow import plots
+from vaeflow.config import ConfigError
 from vaeflow.modalities.base import ModalityTask
 from vaeflow.modalities.timeseries import metrics as tsm
 from vaeflow.modalities.timeseries.data import Scaler, WindowDataset
@@ -41,6 +42,26 @@ def autocorrelation_figure(real: np.ndarray, fake: np.ndarray, path: str | Path,
                         channel_names, path, title="mean autocorrelation at lags 1 … T/2")
 
 
+# Generated series this many windows long are cut into windows for the long-horizon discriminative score.
+LONG = 10
+
+
+def sample_length(model: Any, length: int | None) -> dict[str, int]:
+    """The ``length`` argument of the family's ``sample`` for ``sample.length`` (none for the window).
+
+    Raises:
+        ConfigError: a length other than the window for a family that generates whole windows only.
+    """
+    window = model.input_spec["length"]
+    if length is None or length == window:
+        return {}
+    family = family_of(model)
+    if not family.any_length:
+        raise ConfigError(f"sample.length: the {model.family_name} family generates whole {window}-step windows "
+                          f"only; remove sample.length (or set it to {window}), or train model.family: vrnn")
+    return {"length": length}
+
+
 class TimeSeriesTask(ModalityTask):
     def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
                       generator: torch.Generator) -> dict[str, Any]:
@@ -49,8 +70,9 @@ class TimeSeriesTask(ModalityTask):
         n = config.sample.n
         labels = torch.arange(n, device=generator.device) % model.num_classes if model.num_classes else None
         scaled = family_of(model).sample(model, n, generator=generator, labels=labels,
-                                         temperature=config.sample.temperature).float().cpu().numpy()
-        real = scaler.inverse(scaled)  # (n, T, C) in the data's own units
+                                         temperature=config.sample.temperature,
+                                         **sample_length(model, config.sample.length)).float().cpu().numpy()
+        real = scaler.inverse(scaled)  # (n, T, C) in the data's own units, T = sample.length
         names = spec["channel_names"]
         np.savez_compressed(out_dir / "samples.npz", samples=real.astype(np.float32), scaled=scaled.astype(np.float32),
                             labels=np.full(n, -1) if labels is None else labels.cpu().numpy(), channels=np.array(names))
@@ -76,6 +98,19 @@ class TimeSeriesTask(ModalityTask):
             lab = None if labels is None else labels[i : i + 1024]
             out.append(family.sample(model, min(1024, len(dataset) - i), generator=generator, labels=lab).float().cpu())
         return torch.cat(out).numpy()
+
+    def windows_of_long_samples(self, model: Any, n: int, generator: torch.Generator) -> np.ndarray:
+        """``n`` windows cut end to end from series generated ``LONG`` times the window's length (a
+        family that generates any length), labels cycling through the classes of a conditional model.
+
+        Shapes:
+            returns (n, T, C) in scaled units.
+        """
+        window = model.input_spec["length"]
+        series = -(-n // LONG)  # ceil(n / LONG)
+        labels = torch.arange(series, device=generator.device) % model.num_classes if model.num_classes else None
+        long = family_of(model).sample(model, series, generator=generator, labels=labels, length=LONG * window)
+        return long.float().cpu().reshape(series * LONG, window, -1)[:n].numpy()  # (S, L·T, C) → (S·L, T, C)
 
     @torch.no_grad()
     def evaluation_figures(self, model: Any, dataset: WindowDataset, spec: dict[str, Any],
@@ -105,7 +140,9 @@ class TimeSeriesTask(ModalityTask):
         As published (TimeGAN, TimeVAE), generated windows are compared with the windows the model
         was fitted on (the training split, ``*_train`` keys). Because our splits are in time order,
         the discriminative score and autocorrelation distance against the later test span
-        (``*_test`` keys) also show how far the generated data are from the series' future.
+        (``*_test`` keys) also show how far the generated data are from the series' future. For a family
+        that generates any length, ``discriminative_score_train_10x`` scores windows cut from series
+        10 windows long against the training windows, so drift over long horizons is measured.
         """
         model.eval()
         ev, out = config.evaluate, {}
@@ -120,4 +157,11 @@ class TimeSeriesTask(ModalityTask):
             if split == "train":  # train on synthetic, test on the real windows the model was fitted on
                 pred = tsm.predictive_score(fake, real, seeds=ev.posthoc_seeds, steps=ev.posthoc_steps, seed=config.seed)
                 out |= {"predictive_score_train": pred.mean, "predictive_score_train_std": pred.std}
+                if family_of(model).any_length:  # does a long roll-out drift away from the data?
+                    with torch.no_grad():
+                        far = self.windows_of_long_samples(model, len(real), generator)
+                    disc = tsm.discriminative_score(real, far, seeds=ev.posthoc_seeds, steps=ev.posthoc_steps,
+                                                    seed=config.seed)
+                    out |= {f"discriminative_score_train_{LONG}x": disc.mean,
+                            f"discriminative_score_train_{LONG}x_std": disc.std}
         return out | {"posthoc_seeds": ev.posthoc_seeds, "posthoc_steps": ev.posthoc_steps}

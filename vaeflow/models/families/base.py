@@ -81,6 +81,10 @@ class Family(abc.ABC):
     summary: ClassVar[tuple[str, ...]] = ()
     # How the score reads in the per-epoch log line; its name when empty.
     score_label: ClassVar[str] = ""
+    # Whether ``build`` reads model.encoder / model.decoder (config validation checks them only then).
+    uses_encoder_decoder: ClassVar[bool] = True
+    # Whether ``sample`` takes ``length`` (series of any number of steps; the time-series sample.length).
+    any_length: ClassVar[bool] = False
 
     # --- training -----------------------------------------------------------------------------------
 
