@@ -61,6 +61,11 @@ def test_transform_then_inverse_gives_back_the_real_values(kw, source, stocks):
     np.testing.assert_allclose(st.inverse(w, levels[:1])[0], values[offset : offset + 24], rtol=1e-12)
 
 
+def test_untransformed_data_need_only_the_scaler():
+    spec = {"scaler": {"kind": "minmax", "offset": [1.0, 2.0], "scale": [2.0, 4.0]}}  # no stationary entry
+    np.testing.assert_allclose(to_real_units(spec, np.ones((3, 5, 2))), np.broadcast_to([3.0, 6.0], (3, 5, 2)))
+
+
 def test_generated_windows_start_from_the_training_span_s_last_level():
     values = random_walk()
     built = build_windows(RawSeries(["a", "b"], series=values), DataConfig(window=24, transform="log_return"), seed=0)

@@ -343,6 +343,8 @@ class Stationariser:
         Shapes:
             x: (N, T, C); anchor: (N, C) or None → (N, T, C)
         """
+        if not self.active:  # levels already
+            return x
         a = np.broadcast_to(np.asarray(self.start_level) if anchor is None else anchor, (len(x), x.shape[2]))[:, None]
         if self.transform == "log_return":
             return a * np.exp(np.cumsum(x, axis=1))
