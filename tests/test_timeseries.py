@@ -18,7 +18,7 @@ from vaeflow import config as cfg
 from vaeflow.config import ModelConfig, ModuleSpec
 from vaeflow.modalities.timeseries.config import TimeSeriesDataConfig as DataConfig
 from vaeflow.modalities.timeseries.data import (RawSeries, Scaler, SeriesDataError, TimeSeriesData, WindowDataset,
-                                     build_splits, read_numeric_csv, sliding_windows)
+                                     build_splits, read_numeric_csv, sliding_windows, to_real_units)
 from vaeflow.modalities.timeseries import anomaly
 from vaeflow.modalities.timeseries import metrics as tsm
 from vaeflow.models.vae import build_model
@@ -306,8 +306,8 @@ def test_timeseries_pipeline_ray_mlflow(tmp_path, ray_cluster):
     with np.load(paths.samples / "samples.npz") as f:
         samples, scaled = f["samples"], f["scaled"]
     assert samples.shape == (16, 24, 6) and sampled["n_samples"] == 16
-    scaler = Scaler.from_dict(json.loads((paths.processed / "scaler.json").read_text()))
-    np.testing.assert_allclose(samples, scaler.inverse(scaled), rtol=1e-4)  # back in real units (prices, volume)
+    spec = json.loads((paths.processed / "spec.json").read_text())
+    np.testing.assert_array_equal(samples, to_real_units(spec, scaled).astype(np.float32))  # real units (prices, volume)
     assert (paths.samples / "samples_preview.csv").is_file() and (paths.samples / "samples.png").is_file()
     ev = stages.evaluate(config, paths, progress=False)
     for key in ("discriminative_score_train", "predictive_score_train", "discriminative_score_test", "acf_distance_test", "acf_distance_train"):

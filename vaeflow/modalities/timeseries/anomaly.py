@@ -20,7 +20,7 @@ import torch
 
 from vaeflow.io import atomic_path
 from vaeflow.modalities.base import ModelInputs
-from vaeflow.modalities.timeseries.data import Scaler, SeriesDataError, read_numeric_csv, sliding_windows, windows_to_inputs
+from vaeflow.modalities.timeseries.data import SeriesDataError, model_windows, read_numeric_csv, windows_to_inputs
 from vaeflow.models.families import family_of
 
 
@@ -119,8 +119,8 @@ def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Pat
         raise SeriesDataError(f"{csv_file}: {len(values)} rows, fewer than the model's window of {window} steps")
     if model.num_classes and label is None:
         raise SeriesDataError(f"this model is conditional on {model.num_classes} classes: pass --label")
-    scaled = Scaler.from_dict(spec["scaler"]).transform(values[:, spec["channels_kept"]])
-    windows = torch.as_tensor(sliding_windows(scaled, window, stride), dtype=torch.float32)  # (N, T, C)
+    windows = torch.as_tensor(model_windows(spec, values[:, spec["channels_kept"]], window, stride),
+                              dtype=torch.float32)  # (N, T, C)
     labels = torch.full((len(windows),), int(label), dtype=torch.long) if model.num_classes else None
     k = k or config.evaluate.anomaly_k
     scores = anomaly_scores(model, windows, labels=labels, k=k, generator=torch.Generator().manual_seed(seed))
@@ -168,7 +168,6 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
     if model.num_classes and got.labels is None and label is None:
         raise SeriesDataError(f"this model is conditional on {model.num_classes} classes: pass --label, or "
                               "--label-column for a long file with one label per series")
-    scaler = Scaler.from_dict(spec["scaler"])
     counts: dict[str, Any] = dict.fromkeys(("nonfinite_values", "imputed_values", "dropped_steps",
                                             "series_all_missing"), 0)
     rows, all_windows, all_labels, short = [], [], [], 0
@@ -181,8 +180,7 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
             continue
         if keep is not None:  # the steps clean() dropped
             times = None if times is None else times[keep]
-        scaled = scaler.transform(cleaned[:, spec["channels_kept"]])
-        w = sliding_windows(scaled, window, stride)  # (N_i, T, C)
+        w = model_windows(spec, cleaned[:, spec["channels_kept"]], window, stride)  # (N_i, T, C)
         if model.num_classes:
             text = got.labels[i] if got.labels is not None else None
             if text is not None and text not in classes:

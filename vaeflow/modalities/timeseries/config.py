@@ -32,6 +32,15 @@ class TimeSeriesDataConfig(DataConfig):
     split: Literal["time", "shuffled", "series"] = "time"
     # Per-channel scaling fitted on the training split only: minmax to [0, 1] (TimeGAN) or standard.
     scaling: Literal["minmax", "standard"] = "minmax"
+    # A stationarising transform applied to each cleaned series before windowing and scaling, so
+    # that a drifting series (prices) keeps its held-out future inside the range fitted on the past:
+    # log_return (log x_t − log x_{t−1}, for positive values such as prices and volumes), diff
+    # (x_t − x_{t−1}, any sign) or none. Each costs a series its first step. Samples are turned back
+    # into real units from the training data's last level (docs/timeseries.md).
+    transform: Literal["none", "log_return", "diff"] = "none"
+    # Per-window scaling of levels (transform none): first divides each window by its first step's
+    # values (prices relative to the window's start); none keeps the levels.
+    window_scaling: Literal["none", "first"] = "none"
     # NaN/inf values: impute (carry the last finite value forward, the first one backward), drop
     # (the time steps that hold one), reject (stop with an error). Counts go to prepare.json.
     missing: Literal["impute", "drop", "reject"] = "impute"
@@ -86,6 +95,9 @@ class TimeSeriesDataConfig(DataConfig):
                 "data.value_columns must list at least one column, none of them the time, series or label column")
         require(self.frequency is None or isinstance(self.frequency, str) or self.frequency > 0,
                 f"data.frequency must be a pandas frequency such as 'D', a number > 0, or null, got {self.frequency}")
+        require(self.window_scaling == "none" or self.transform == "none",
+                f"data.window_scaling: first divides levels by the window's first value, but data.transform "
+                f"{self.transform} already gives changes that cross zero; set one of them to none")
         require(self.delimiter is None or len(self.delimiter) == 1,
                 f"data.delimiter must be one character (e.g. ',' or '\\t'), got {self.delimiter!r}")
 

@@ -7,7 +7,11 @@ classes, the fitted scaler, channel names) and ``scaler.json`` (the same scaler 
 
 Splits are made in time order before windowing (a long series is cut into train | val | test
 spans), so no window of the validation or test split overlaps the training span; the scaler is
-fitted on the training split alone. Bad input is handled as ``data.missing``,
+fitted on the training split alone. A drifting series can first be made stationary
+(``data.transform``: log-returns or differences; ``data.window_scaling``: each window relative to its
+first step); the splits then also hold ``anchor`` (N, C) float64, the real level each window is
+measured from, and ``spec.json`` a ``stationary`` entry, so that windows and samples go back to real
+units (:func:`to_real_units`). Bad input is handled as ``data.missing``,
 ``data.constant_channels`` and ``data.short_series`` say, and every handled case is counted in
 the prepare metrics.
 """
@@ -283,6 +287,111 @@ class Scaler:
         return cls(d["kind"], tuple(d["offset"]), tuple(d["scale"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Stationariser:
+    """Real levels ↔ stationary values: ``data.transform`` on a series, ``data.window_scaling`` per window.
+
+    A window of stationary values is measured from an anchor, one real level per channel: the level
+    just before its first change (log_return, diff) or its own first level (window_scaling: first).
+    Generated windows have no anchor of their own; they start from ``start_level``, the training
+    data's last level (for a time split: where the held-out future begins).
+
+    Attributes:
+        transform: ``none``, ``log_return`` or ``diff``.
+        window_scaling: ``none`` or ``first``.
+        start_level: one real level per kept channel.
+    """
+
+    transform: str = "none"
+    window_scaling: str = "none"
+    start_level: tuple[float, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return (self.transform, self.window_scaling) != ("none", "none")
+
+    def series(self, values: np.ndarray, *, names: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+        """Transform one series; also return each step's anchor (the level its window would start from).
+
+        Raises:
+            SeriesDataError: log-returns or window ratios of a channel with a value ≤ 0.
+
+        Shapes:
+            values: (T, C) → both (T - 1, C) for log_return / diff, (T, C) otherwise.
+        """
+        if self.transform == "log_return" or self.window_scaling == "first":
+            bad = np.argwhere(values <= 0)
+            if len(bad):
+                t, c = bad[0]
+                key = ("data.transform: log_return" if self.transform == "log_return"
+                       else "data.window_scaling: first")
+                raise SeriesDataError(f"{key} needs positive values, but channel {names[c]!r} holds {values[t, c]:g} "
+                                      f"({where}, step {t}); use data.transform: diff for data that reach 0 or below")
+        if self.transform == "log_return":
+            return np.diff(np.log(values), axis=0), values[:-1]
+        if self.transform == "diff":
+            return np.diff(values, axis=0), values[:-1]
+        return values, values
+
+    def windows(self, x: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """Per-window scaling. Shapes: x (N, T, C), anchor (N, C) → (N, T, C)."""
+        return x / anchor[:, None] if self.window_scaling == "first" else x
+
+    def inverse(self, x: np.ndarray, anchor: np.ndarray | None = None) -> np.ndarray:
+        """Stationary windows back to real levels, from their anchors or else from ``start_level``.
+
+        Shapes:
+            x: (N, T, C); anchor: (N, C) or None → (N, T, C)
+        """
+        if not self.active:  # levels already
+            return x
+        a = np.broadcast_to(np.asarray(self.start_level) if anchor is None else anchor, (len(x), x.shape[2]))[:, None]
+        if self.transform == "log_return":
+            return a * np.exp(np.cumsum(x, axis=1))
+        if self.transform == "diff":
+            return a + np.cumsum(x, axis=1)
+        return x * a if self.window_scaling == "first" else x
+
+    def select(self, channels: np.ndarray) -> Stationariser:
+        return dataclasses.replace(self, start_level=tuple(np.asarray(self.start_level)[channels]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"transform": self.transform, "window_scaling": self.window_scaling, "start_level": list(self.start_level)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Stationariser:
+        """The spec's ``stationary`` entry; identity for data prepared without one."""
+        d = spec.get("stationary") or {}
+        return cls(d.get("transform", "none"), d.get("window_scaling", "none"), tuple(d.get("start_level", ())))
+
+
+def to_real_units(spec: dict[str, Any], x: np.ndarray, anchor: np.ndarray | None = None) -> np.ndarray:
+    """Model-unit windows (scaled, stationary) back to the data's own units, as prepare saw them.
+
+    Args:
+        spec: the prepared data's spec (its scaler and stationary entries).
+        anchor: the windows' real anchors (a split's ``anchor``); None for generated windows, which
+            start from the training data's last level.
+
+    Shapes:
+        x: (N, T, C) → (N, T, C)
+    """
+    return Stationariser.from_spec(spec).inverse(Scaler.from_dict(spec["scaler"]).inverse(x), anchor)
+
+
+def model_windows(spec: dict[str, Any], values: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """A clean series of the kept channels cut into windows in model units, as prepare cut the training data.
+
+    Shapes:
+        values: (T, C) → (N, window, C)
+    """
+    st = Stationariser.from_spec(spec)
+    values, levels = st.series(values, names=spec["channel_names"], where="input series")
+    starts = np.arange(0, max(len(values) - window + 1, 0), stride)
+    x = st.windows(sliding_windows(values, window, stride), levels[starts])
+    return Scaler.from_dict(spec["scaler"]).transform(x)
+
+
 def sliding_windows(series: np.ndarray, window: int, stride: int) -> np.ndarray:
     """All windows of ``window`` steps, ``stride`` apart, starting at step 0.
 
@@ -310,12 +419,33 @@ def time_split(series: np.ndarray, val_fraction: float, test_fraction: float) ->
     return {"train": series[:n_train], "val": series[n_train : n_train + n_val], "test": series[n_train + n_val :]}
 
 
-def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], Scaler, dict[str, Any]]:
-    """Clean, split, scale and window a raw source as the config says.
+@dataclasses.dataclass
+class SplitWindows:
+    """What :func:`build_windows` makes of a raw source.
 
-    Returns per split (x (N, T, C) float32 scaled with NaN padding, y (N,), lengths (N,)), the
-    fitted scaler (kept channels only) and the counts and kept channel indices for the metrics.
+    Attributes:
+        splits: per split (x (N, T, C) float32 in model units with NaN padding, y (N,), lengths (N,)).
+        anchors: per split the real level (N, C) float64 each window is measured from (see
+            :class:`Stationariser`; the window's first level when nothing is transformed).
+        scaler, stationariser: fitted on the training split, kept channels only.
+        counts: the handled cases and the kept channel indices, for the prepare metrics.
     """
+
+    splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    anchors: dict[str, np.ndarray]
+    scaler: Scaler
+    stationariser: Stationariser
+    counts: dict[str, Any]
+
+
+def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], Scaler, dict[str, Any]]:
+    """The splits, scaler and counts of :func:`build_windows`, for callers that need no anchors."""
+    w = build_windows(raw, config, seed)
+    return w.splits, w.scaler, w.counts
+
+
+def build_windows(raw: RawSeries, config: DataConfig, seed: int) -> SplitWindows:
+    """Clean, split, stationarise, window and scale a raw source as the config says."""
     counts: dict[str, Any] = dict.fromkeys(
         ("nonfinite_values", "imputed_values", "dropped_steps", "series_all_missing",
          "short_series_dropped", "short_series_padded", "unequal_lengths_padded", "constant_channels_dropped"), 0)
@@ -355,7 +485,51 @@ def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[st
     if not cleaned["train"][0]:
         raise SeriesDataError("no training data left after cleaning; check data.missing and the source")
 
-    scaler, constant = Scaler.fit(np.concatenate(cleaned["train"][0]), config.scaling)
+    st = Stationariser(config.transform, config.window_scaling, tuple(map(float, cleaned["train"][0][-1][-1])))
+    # Each series as (stationary values, the anchor of a window starting at each step).
+    stationary = {split: ([st.series(s, names=raw.channel_names, where=f"{split} series {i}") for i, s in enumerate(xs)],
+                          labels) for split, (xs, labels) in cleaned.items()}
+    window = config.window
+    if window is None:
+        lengths = [len(v) for xs, _ in stationary.values() for v, _ in xs]
+        window = max(lengths)
+        if min(lengths) < window and config.short_series == "reject":
+            raise SeriesDataError(f"series lengths range from {min(lengths)} to {window}; "
+                                  "set data.short_series to pad (masked) or drop")
+    raw_windows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    width = len(raw.channel_names)
+    for split, (xs, labels) in stationary.items():
+        wins, ys, lens, anchors = [], [], [], []
+        for i, ((v, levels), y) in enumerate(zip(xs, labels)):
+            if len(v) < window:
+                if config.short_series == "reject":
+                    raise SeriesDataError(f"{split} series {i} has {len(v)} steps, fewer than data.window = {window}; "
+                                          "set data.short_series to pad or drop")
+                if config.short_series == "drop" and config.window is not None:
+                    counts["short_series_dropped"] += 1
+                    continue
+                counts["short_series_padded" if config.window is not None else "unequal_lengths_padded"] += 1
+                w, starts = pad_to(v, window)[None], np.zeros(1, dtype=np.int64)
+                lens.append(len(v))
+            else:
+                stride = config.stride if config.window is not None else window
+                w, starts = sliding_windows(v, window, stride), np.arange(0, len(v) - window + 1, stride)
+                lens += [window] * len(w)
+            wins.append(st.windows(w, levels[starts]))
+            anchors.append(levels[starts])
+            ys += [y] * len(w)
+        x = np.concatenate(wins) if wins else np.empty((0, window, width))
+        anchor = np.concatenate(anchors) if anchors else np.empty((0, width))
+        raw_windows[split] = (x, np.asarray(ys, dtype=np.int64), np.asarray(lens, dtype=np.int64), anchor)
+
+    # Per-window scaling changes every step, so the scaler sees the training windows; otherwise the
+    # training series (each step once).
+    if config.window_scaling == "first":
+        fit_on = raw_windows["train"][0].reshape(-1, width)  # (N, T, C) → (N·T, C)
+        fit_on = fit_on[np.isfinite(fit_on).all(1)]
+    else:
+        fit_on = np.concatenate([v for v, _ in stationary["train"][0]])
+    scaler, constant = Scaler.fit(fit_on, config.scaling)
     channels = np.arange(len(constant))
     if constant.any():
         names = [raw.channel_names[i] for i in np.flatnonzero(constant)]
@@ -369,41 +543,15 @@ def build_splits(raw: RawSeries, config: DataConfig, seed: int) -> tuple[dict[st
             counts["constant_channels_dropped"] = int(constant.sum())
             scaler = scaler.select(channels)
     counts["constant_channels"] = [raw.channel_names[i] for i in np.flatnonzero(constant)]
-
-    window = config.window
-    if window is None:
-        lengths = [len(s) for xs, _ in cleaned.values() for s in xs]
-        window = max(lengths)
-        if min(lengths) < window and config.short_series == "reject":
-            raise SeriesDataError(f"series lengths range from {min(lengths)} to {window}; "
-                                  "set data.short_series to pad (masked) or drop")
-    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for split, (xs, labels) in cleaned.items():
-        wins, ys, lens = [], [], []
-        for i, (s, y) in enumerate(zip(xs, labels)):
-            s = scaler.transform(s[:, channels])
-            if len(s) < window:
-                if config.short_series == "reject":
-                    raise SeriesDataError(f"{split} series {i} has {len(s)} steps, fewer than data.window = {window}; "
-                                          "set data.short_series to pad or drop")
-                if config.short_series == "drop" and config.window is not None:
-                    counts["short_series_dropped"] += 1
-                    continue
-                counts["short_series_padded" if config.window is not None else "unequal_lengths_padded"] += 1
-                w = pad_to(s, window)[None]
-                lens.append(len(s))
-            else:
-                w = sliding_windows(s, window, config.stride if config.window is not None else window)
-                lens += [window] * len(w)
-            wins.append(w)
-            ys += [y] * len(w)
-        c = len(channels)
-        x = np.concatenate(wins).astype(np.float32) if wins else np.empty((0, window, c), np.float32)
-        out[split] = (x, np.asarray(ys, dtype=np.int64), np.asarray(lens, dtype=np.int64))
     counts["channels_kept"] = [int(i) for i in channels]
+
+    out = {split: (scaler.transform(x[..., channels]).astype(np.float32), y, lengths, anchor[:, channels])
+           for split, (x, y, lengths, anchor) in raw_windows.items()}
     if shuffled:
         out = shuffle_split(out["train"], config.val_fraction, config.test_fraction, seed)
-    return out, scaler, counts
+    return SplitWindows(splits={split: parts[:3] for split, parts in out.items()},
+                        anchors={split: parts[3] for split, parts in out.items()},
+                        scaler=scaler, stationariser=st.select(channels), counts=counts)
 
 
 def _deal(n: int, val_fraction: float, test_fraction: float, seed: int, what: str, advice: str) -> dict[str, np.ndarray]:
@@ -437,26 +585,32 @@ def series_split(many: tuple[list[np.ndarray], np.ndarray], val_fraction: float,
     return {name: ([xs[i] for i in idx], ys[idx]) for name, idx in parts.items()}
 
 
-def shuffle_split(windows: tuple[np.ndarray, np.ndarray, np.ndarray], val_fraction: float, test_fraction: float,
-                  seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Deal shuffled windows (x, y, lengths) out to train / val / test by the fractions (``data.split: shuffled``).
+def shuffle_split(windows: tuple[np.ndarray, ...], val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """Deal shuffled windows (x, y, lengths, anchors: arrays of N rows) out to train / val / test by the
+    fractions (``data.split: shuffled``).
 
     Raises:
         SeriesDataError: a split would get no window.
     """
-    x, y, lengths = windows
-    parts = _deal(len(x), val_fraction, test_fraction, seed, "windows",
+    parts = _deal(len(windows[0]), val_fraction, test_fraction, seed, "windows",
                   "use a longer series, a smaller data.window or other data.val_fraction/test_fraction")
-    return {name: (x[idx], y[idx], lengths[idx]) for name, idx in parts.items()}
+    return {name: tuple(a[idx] for a in windows) for name, idx in parts.items()}
 
 
 # --- the modality --------------------------------------------------------------------------------
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Windows with labels; items are (window float32 (T, C) with NaN padding, label int64)."""
+    """Windows with labels; items are (window float32 (T, C) with NaN padding, label int64).
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None):
+    ``anchor`` (N, C) float64 holds the real level each window is measured from when the data were
+    stationarised (None otherwise); :func:`to_real_units` needs it for these windows.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None,
+                 anchor: np.ndarray | None = None):
+        self.anchor = anchor
         self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self.y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
         self.lengths = torch.from_numpy(np.ascontiguousarray(lengths if lengths is not None else np.full(len(y), x.shape[1]), dtype=np.int64))
@@ -494,7 +648,8 @@ class TimeSeriesData(ModalityData):
             if not hasattr(source, "load"):
                 raise SeriesDataError(f"data.dataset {config.dataset!r} is not a time-series data set")
             raw = source.load()
-        splits, scaler, counts = build_splits(raw, config, seed)
+        built = build_windows(raw, config, seed)
+        splits, anchors, scaler, counts = built.splits, built.anchors, built.scaler, built.counts
         for split, (x, _, _) in splits.items():
             if len(x) == 0:
                 raise SeriesDataError(f"the {split} split has no windows; lower data.window or the split fractions")
@@ -502,6 +657,7 @@ class TimeSeriesData(ModalityData):
         for split, limit in (("train", config.limit_train), ("test", config.limit_test)):
             keep = subset(len(splits[split][0]), limit, rng)
             splits[split] = tuple(a[keep] for a in splits[split])
+            anchors[split] = anchors[split][keep]
         x_train = splits["train"][0]
         channel_names = [raw.channel_names[i] for i in counts["channels_kept"]]
         spec = {
@@ -519,13 +675,16 @@ class TimeSeriesData(ModalityData):
             "raw_channels": len(raw.channel_names),
             "channels_kept": counts["channels_kept"],
         }
+        if built.stationariser.active:
+            spec["stationary"] = built.stationariser.to_dict()
         if config.source == "files":  # (a built-in set's spec stays as it was: its outputs do not change)
             spec["raw_channel_names"] = list(raw.channel_names)  # the columns `vaeflow anomaly` reads
             spec["source"] = {"path": config.path, "layout": config.layout}
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             for split, (x, y, lengths) in splits.items():
-                np.savez(tmp / f"{split}.npz", x=x, y=y, lengths=lengths)
+                levels = {"anchor": anchors[split]} if built.stationariser.active else {}
+                np.savez(tmp / f"{split}.npz", x=x, y=y, lengths=lengths, **levels)
             (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
             (tmp / "scaler.json").write_text(json.dumps(scaler.to_dict() | {"channels": channel_names}, indent=2) + "\n")
             if rejects is not None:
@@ -539,7 +698,7 @@ class TimeSeriesData(ModalityData):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
         with np.load(_require(Path(processed_dir) / f"{split}.npz")) as f:
-            return WindowDataset(f["x"], f["y"], f["lengths"])
+            return WindowDataset(f["x"], f["y"], f["lengths"], f["anchor"] if "anchor" in f else None)
 
     def input_spec(self, processed_dir: Path) -> dict[str, Any]:
         return json.loads(_require(Path(processed_dir) / "spec.json").read_text())

@@ -13,7 +13,7 @@ from vaeflow import plots
 from vaeflow.config import ConfigError
 from vaeflow.modalities.base import ModalityTask
 from vaeflow.modalities.timeseries import metrics as tsm
-from vaeflow.modalities.timeseries.data import Scaler, WindowDataset
+from vaeflow.modalities.timeseries.data import WindowDataset, to_real_units
 from vaeflow.models.families import family_of
 
 
@@ -66,13 +66,12 @@ class TimeSeriesTask(ModalityTask):
     def write_samples(self, model: Any, config: Any, paths: Any, out_dir: Path,
                       generator: torch.Generator) -> dict[str, Any]:
         spec = model.input_spec
-        scaler = Scaler.from_dict(spec["scaler"])
         n = config.sample.n
         labels = torch.arange(n, device=generator.device) % model.num_classes if model.num_classes else None
         scaled = family_of(model).sample(model, n, generator=generator, labels=labels,
                                          temperature=config.sample.temperature,
                                          **sample_length(model, config.sample.length)).float().cpu().numpy()
-        real = scaler.inverse(scaled)  # (n, T, C) in the data's own units, T = sample.length
+        real = to_real_units(spec, scaled)  # (n, T, C) in the data's own units, T = sample.length
         names = spec["channel_names"]
         np.savez_compressed(out_dir / "samples.npz", samples=real.astype(np.float32), scaled=scaled.astype(np.float32),
                             labels=np.full(n, -1) if labels is None else labels.cpu().numpy(), channels=np.array(names))
@@ -116,12 +115,12 @@ class TimeSeriesTask(ModalityTask):
     def evaluation_figures(self, model: Any, dataset: WindowDataset, spec: dict[str, Any],
                            out_dir: Path, generator: torch.Generator) -> list[Path]:
         model.eval()
-        scaler = Scaler.from_dict(spec["scaler"])
         real = np.nan_to_num(dataset.x.numpy())
         fake = self.generated_like(model, dataset, generator)
         paths = [out_dir / "real_vs_generated.png", out_dir / "pca_tsne.png", out_dir / "autocorrelation.png",
                  out_dir / "reconstructions.png"]
-        plots.series_panels({"real": scaler.inverse(real[:4]), "generated": scaler.inverse(fake[:4])},
+        anchor = None if dataset.anchor is None else dataset.anchor[:4]
+        plots.series_panels({"real": to_real_units(spec, real[:4], anchor), "generated": to_real_units(spec, fake[:4])},
                             spec["channel_names"], paths[0], title="test windows vs generated (real units)")
         embedding_figure(real, fake, paths[1], seed=generator.initial_seed())
         autocorrelation_figure(real, fake, paths[2], spec["channel_names"])
@@ -129,7 +128,8 @@ class TimeSeriesTask(ModalityTask):
         x = torch.nan_to_num(dataset.x[:4]).to(device)
         lab = dataset.y[:4].to(device) if model.num_classes else None
         recon = family_of(model).reconstruct(model, x, lab).cpu().numpy()
-        plots.series_panels({"test": scaler.inverse(x.cpu().numpy()), "reconstruction": scaler.inverse(recon)},
+        plots.series_panels({"test": to_real_units(spec, x.cpu().numpy(), anchor),
+                             "reconstruction": to_real_units(spec, recon, anchor)},
                             spec["channel_names"], paths[3], title="test windows and reconstructions from the posterior mean")
         return paths
 
