@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 import urllib.request
 
 from tests.conftest import TINY
-from tests.test_cluster import _free_port
+from tests.conftest import free_port
 
 EPOCHS = 12
 
@@ -27,10 +27,10 @@ def _node_args(name: str) -> list[str]:
     """Ports of their own for each raylet (Ray's fixed defaults would collide on one host), one CPU
     and a resource naming the node."""
     base = random.randrange(20000, 29900, 100)  # a worker port range of its own (below the OS's ephemeral ports)
-    return [f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
             f"--min-worker-port={base}", f"--max-worker-port={base + 99}", "--node-ip-address=127.0.0.1",
-            f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
             "--num-cpus=1", f"--resources={json.dumps({name: 1})}", "--disable-usage-stats", "--block"]
 
 
@@ -95,7 +95,7 @@ def _wait(what: str, check, timeout: float, log: Path | None = None):
 # About 95 s (two `ray start` nodes, a third after the loss, a 12-epoch job that restarts once): -m slow.
 @pytest.mark.slow
 def test_losing_a_node_mid_epoch_the_job_continues_on_a_replacement(project, tmp_path, monkeypatch):
-    gcs = f"127.0.0.1:{_free_port()}"
+    gcs = f"127.0.0.1:{free_port()}"
     # A token of this cluster's own (as in test_cluster.py), also for this process's state API calls.
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
@@ -104,10 +104,10 @@ def test_losing_a_node_mid_epoch_the_job_continues_on_a_replacement(project, tmp
     nodes = _Nodes(tmp_path, env)
     timeline: dict[str, float] = {}
     try:
-        dash_port = _free_port()
+        dash_port = free_port()
         dashboard = f"http://127.0.0.1:{dash_port}"
         nodes.start("node_a", "--head", f"--port={gcs.split(':')[1]}", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash_port}", f"--ray-client-server-port={_free_port()}")
+                    f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}")
         _wait("the head", lambda: "node_a" in _alive_nodes(dashboard).values(), 120, tmp_path / "node_a.log")
         nodes.start("node_b", f"--address={gcs}")
         _wait("the second node", lambda: "node_b" in _alive_nodes(dashboard).values(), 120, tmp_path / "node_b.log")
