@@ -17,8 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 import urllib.request
 
-from tests.conftest import TINY
-from tests.conftest import free_port
+from tests.conftest import TINY, free_port
 
 EPOCHS = 12
 
