@@ -77,6 +77,9 @@ def test_killed_worker_restarts_the_group_and_resumes_exactly(tmp_path, processe
     assert result.history[-1][SCORE] == pytest.approx(ref.history[-1][SCORE], rel=1e-4)
 
 
+# 52 s in CI (two fits through Ray Train): -m slow. The loop's guard itself stays in the default suite
+# (tests/test_loop.py::test_nan_loss_names_epoch_and_step).
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, processed, ray_cluster):
     good = tiny_config(tmp_path, "train.epochs=1")
     run_id = tracking.start_run(good, {}, run_name="nan")
