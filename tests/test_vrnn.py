@@ -15,7 +15,8 @@ from vaeflow import config as cfg
 from vaeflow import stages, tracking
 from vaeflow.modalities.base import ModelInputs
 from vaeflow.modalities.timeseries import anomaly
-from vaeflow.modalities.timeseries.data import Scaler, TimeSeriesData, WindowDataset, windows_to_inputs
+from vaeflow.modalities.timeseries.data import (Scaler, TimeSeriesData, WindowDataset, to_real_units,
+                                                windows_to_inputs)
 from vaeflow.modalities.timeseries.task import TimeSeriesTask, sample_length
 from vaeflow.models.distributions import DiagonalGaussian
 from vaeflow.models.families import build_model, family_of
@@ -264,8 +265,8 @@ def test_vrnn_pipeline_two_workers_one_run_long_samples_and_the_pyfunc(tmp_path,
     with np.load(paths.samples / "samples.npz") as f:
         samples, scaled = f["samples"], f["scaled"]
     assert samples.shape == (16, 48, 6)  # twice the 24-step training window
-    scaler = Scaler.from_dict(json.loads((paths.processed / "scaler.json").read_text()))
-    np.testing.assert_allclose(samples, scaler.inverse(scaled), rtol=1e-4)  # real units (prices, volume)
+    spec = json.loads((paths.processed / "spec.json").read_text())  # the tiny preset takes log-returns
+    np.testing.assert_array_equal(samples, to_real_units(spec, scaled).astype(np.float32))  # real units (prices, volume)
 
     ev = stages.evaluate(config, paths, progress=False)
     for key in ("test_neg_elbo", "test_kl", "discriminative_score_train", "discriminative_score_train_10x",
