@@ -156,7 +156,7 @@ def _assert_no_file_holds(project, secret: str) -> None:
     assert not [p for p in written if secret in p.read_text(errors="replace")]
 
 
-@slow  # 635 s with five other sessions on the 2 cores (load 20): a `ray start` head, three submitted jobs, Chromium
+@slow  # 635 s with five other sessions on the 2 cores (load 20): a `ray start` head, four submitted jobs, Chromium
 @needs_chromium
 def test_a_submitted_job_is_reviewed_in_the_ui_with_its_password_nowhere(team_server, ray_head, project, tmp_path):
     """`vaeflow submit` as alice to a Ray head that has no MLflow credentials of its own: the jobs log
