@@ -201,6 +201,10 @@ class VRNNConfig:
         require(self.scale_init > 0, f"model.vrnn.scale_init must be > 0, got {self.scale_init}")
 
 
+# A family's own section of ``model`` → the family that reads it.
+FAMILY_SECTIONS = {"vaegan": "vaegan", "vq": "vqvae", "vrnn": "vrnn"}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     latent_dim: int = 16
@@ -219,9 +223,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # Settings another family would silently ignore.
-        require(self.family == "vaegan" or self.vaegan == VAEGANConfig(),
-                f"model.vaegan is read by model.family vaegan only (this job's family is {self.family}); "
-                "remove the model.vaegan settings or set model.family: vaegan")
+        for section, family in FAMILY_SECTIONS.items():
+            value = getattr(self, section)
+            require(self.family == family or value == type(value)(),
+                    f"model.{section} is read by model.family {family} only (this job's family is {self.family}); "
+                    f"remove the model.{section} settings or set model.family: {family}")
 
 
 @dataclasses.dataclass(frozen=True)
