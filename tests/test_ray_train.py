@@ -14,7 +14,7 @@ from vaeflow import stages, tracking
 from vaeflow.config import ConfigError
 from vaeflow.serving import PREDICT_PARAMS
 from vaeflow.training import checkpoint
-from vaeflow.training.ray import SCORE, fit
+from vaeflow.training.ray import SCORE, _out_of_time, fit
 from tests.conftest import tiny_config
 
 
@@ -190,3 +190,23 @@ def test_a_missing_model_names_the_train_stage_of_its_modality(tmp_path, modalit
         checkpoint.load_model(tmp_path / "models" / modality / "model.pt")
     with pytest.raises(FileNotFoundError, match=rf"train@{modality}\b"):
         checkpoint.load(tmp_path / "elsewhere.pt", modality=modality)
+
+
+def test_out_of_time_only_past_the_budget():
+    assert not _out_of_time(None, 1e9, torch.device("cpu"))
+    assert not _out_of_time(1.0, 59.9, torch.device("cpu"))
+    assert _out_of_time(1.0, 60.0, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_a_time_limit_stops_both_workers_at_one_epoch_and_the_same_command_continues(project, ray_cluster):
+    """train.time_limit_minutes: a budget spent during epoch 1 ends the run after it on both workers
+    (their clocks all-reduced), keeping the checkpoint; the same command trains one more epoch."""
+    config = tiny_config(project, "train.epochs=3", "train.time_limit_minutes=0.0001")
+    run_id = tracking.start_run(config, {}, run_name="time-limit")
+    processed = project / "data/processed/image"
+    first = fit(config, processed, run_name="time-limit", run_id=run_id, progress=False)
+    assert [row["epoch"] for row in first.history] == [1]
+    again = fit(config, processed, run_name="time-limit", run_id=run_id, progress=False)
+    assert [row["epoch"] for row in again.history] == [1, 2]
+    assert checkpoint.load(again.latest)["epoch"] == 2

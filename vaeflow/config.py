@@ -267,6 +267,11 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     # Worker-group restarts Ray Train attempts before the job fails.
     max_failures: int = 0
+    # A training-time budget: the run stops after the first epoch that ends past it (every worker
+    # at the same epoch) and keeps its checkpoints; null trains all train.epochs. Counted from the
+    # first epoch of this start: a resumed run (a worker restart, the same command again) gets the
+    # budget anew, so running the command again continues towards train.epochs.
+    time_limit_minutes: float | None = None
 
     def __post_init__(self) -> None:
         require_positive("train", epochs=self.epochs, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -278,6 +283,8 @@ class TrainConfig:
                 f"train.checkpoint_every_steps must be ≥ 0 (0: only at epoch ends), got {self.checkpoint_every_steps}")
         require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         require(self.max_failures >= 0, f"train.max_failures must be ≥ 0, got {self.max_failures}")
+        require(self.time_limit_minutes is None or self.time_limit_minutes > 0,
+                f"train.time_limit_minutes must be > 0 or null (no limit), got {self.time_limit_minutes}")
 
 
 # MLflow's REST client reads these from the environment; vaeflow never stores or logs their values.

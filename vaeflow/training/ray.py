@@ -194,6 +194,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     progress = _progress_factory(rank) if cfg.get("progress", True) else None
+    first_epoch_started = time.perf_counter()
     for epoch in range(start_epoch, config.train.epochs):
         sampler.set_epoch(epoch)
         started = time.perf_counter()
@@ -226,6 +227,22 @@ def _train_worker(cfg: dict[str, Any]) -> None:
             print(f"epoch {epoch + 1}/{config.train.epochs}: train {label} {train[family.score]:.2f}, "
                   f"val {label} {val[family.score]:.2f}, {seconds:.1f} s", flush=True)
         report(row, epoch=epoch + 1, step=0)
+        if _out_of_time(config.train.time_limit_minutes, time.perf_counter() - first_epoch_started, device):
+            if rank == 0 and epoch + 1 < config.train.epochs:
+                print(f"train.time_limit_minutes ({config.train.time_limit_minutes:g}) reached after epoch {epoch + 1} "
+                      f"of {config.train.epochs}; training stops here", flush=True)
+            break
+
+
+def _out_of_time(limit_minutes: float | None, elapsed_s: float, device: torch.device) -> bool:
+    """Whether the time budget is spent, decided the same on every worker: each one's clock differs
+    a little, so the latest one's elapsed time decides (an all-reduce max), and all stop at one epoch."""
+    if limit_minutes is None:
+        return False
+    spent = torch.tensor([elapsed_s >= limit_minutes * 60.0], dtype=torch.float32, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
+    return bool(spent.item())
 
 
 class _EpochMetricsToMlflow(ray.train.UserCallback):
