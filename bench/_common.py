@@ -168,3 +168,28 @@ class TreeMonitor:
         out["largest_processes"] = [{"cmd": self.names.get(p, "?"), "peak_rss_mb": self.peak[p] * mb,
                                      "cpu_s": self.cpu.get(p, 0.0)} for p in top]
         return out
+
+
+def pipeline_config(preset: str | Path, root: Path, overrides: Sequence[str] = ()) -> Any:
+    """A preset's config with tracking (SQLite) and Ray storage inside ``root``, then ``overrides``."""
+    from vaeflow import config as cfg
+
+    root = Path(root).resolve()
+    return cfg.load(preset, overrides=[f"tracking.uri=sqlite:///{root}/mlflow.db",
+                                       f"tracking.artifact_location={root}/mlartifacts",
+                                       f"train.storage_path={root}/ray_results", *overrides])
+
+
+def run_stages(config: Any, root: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Run vaeflow's real stages (``prepare``, ``classifier``, ``train``, ``sample``, ``evaluate``) in
+    order on the project folder ``root``, as ``vaeflow <stage>`` would; returns each stage's metrics
+    and the wall seconds it took (``<stage>_wall_s``)."""
+    from vaeflow import stages
+
+    paths = stages.Paths.for_modality(config.modality, root)
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        started = time.perf_counter()
+        out[name] = getattr(stages, name)(config, paths, progress=False) or {}
+        out[name][f"{name}_wall_s"] = time.perf_counter() - started
+    return out
