@@ -41,7 +41,7 @@ from vaeflow.modalities.timeseries.data import (RawSeries, TimeSeriesData, Windo
                                                 read_files_raw)
 from vaeflow.modalities.timeseries import anomaly
 from vaeflow.modalities.timeseries import metrics as tsm
-from vaeflow.models.vae import build_model
+from vaeflow.models import families
 from vaeflow.registry import DATASETS
 from vaeflow.training.loop import run_epoch
 
@@ -55,10 +55,11 @@ def one_class_run(raw: RawSeries, normal: int, config: cfg.ExperimentConfig, epo
     splits, scaler, _ = build_splits(one_class, data, seed)
     x_train, y_train, _ = splits["train"]
     x_test, y_test, _ = splits["test"]
-    spec = {"channels": x_train.shape[2], "length": x_train.shape[1], "num_classes": 0}
+    spec = {"channels": x_train.shape[2], "length": x_train.shape[1], "num_classes": 0, "scaler": scaler.to_dict()}
     torch.manual_seed(seed)
-    model = build_model(dataclasses.replace(config.model, conditional=False), spec)
-    opt = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    # The config's family (model.family: vae or vrnn) builds the model and its optimizers.
+    model = families.build_model(dataclasses.replace(config.model, conditional=False), spec)
+    opt = families.family_of(model).optimizers(model, config.train)
     loader = DataLoader(WindowDataset(x_train, y_train), batch_size=min(config.train.batch_size, len(y_train)),
                         shuffle=True, generator=torch.Generator().manual_seed(seed))
     run_config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
@@ -127,8 +128,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "best_f1_std": float(np.std([r[f"best_f1_{name}"] for r in runs]))} for name in scores]
     print_table(rows, f"{args.dataset}: one-class anomaly detection, {len(raw.class_names)} normal classes × "
                       f"{args.seeds} seeds, {args.epochs} epochs ({seconds:.0f} s)")
-    record = {"settings": vars(args) | {"out": None}, "encoder": config.model.encoder.name,
-              "decoder": config.model.decoder.name, "anomaly_k": config.evaluate.anomaly_k, "seconds": seconds,
+    own_networks = not families.get(config.model.family).uses_encoder_decoder  # the VRNN reads neither
+    record = {"settings": vars(args) | {"out": None}, "family": config.model.family,
+              "encoder": None if own_networks else config.model.encoder.name,
+              "decoder": None if own_networks else config.model.decoder.name,
+              "anomaly_k": config.evaluate.anomaly_k, "seconds": seconds,
               "rows": rows, "runs": runs}
     write_json(f"timeseries_anomaly_{args.dataset}", record, args.out)
     return record

@@ -297,7 +297,10 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     write_json(paths.metrics / "train.json", metrics)
     tracking.log_metrics(c, run_id, {f"best_val_{score}": best_val})
     c.set_terminated(run_id, "FINISHED")
-    write_json(result.run_dir / JOB_MARKER, {"mlflow_run_id": run_id, "status": "finished"})
+    # Stopped by train.time_limit_minutes before train.epochs: the model is registered, and the same
+    # command resumes this job (its checkpoints, its MLflow run) rather than starting a new one.
+    status = "finished" if last["epoch"] >= config.train.epochs else "stopped_at_time_limit"
+    write_json(result.run_dir / JOB_MARKER, {"mlflow_run_id": run_id, "status": status})
     if run_info["mlflow_ui"]:
         log.info("review the run at %s", run_info["mlflow_ui"])
     return metrics
