@@ -15,7 +15,7 @@ from vaeflow import config as cfg
 from vaeflow import stages, tracking
 from vaeflow.modalities.base import ModelInputs
 from vaeflow.modalities.timeseries import anomaly
-from vaeflow.modalities.timeseries.data import (Scaler, TimeSeriesData, WindowDataset, to_real_units,
+from vaeflow.modalities.timeseries.data import (Scaler, Stationariser, TimeSeriesData, WindowDataset, to_real_units,
                                                 windows_to_inputs)
 from vaeflow.modalities.timeseries.task import TimeSeriesTask, sample_length
 from vaeflow.models.distributions import DiagonalGaussian
@@ -294,3 +294,27 @@ def test_vrnn_pipeline_two_workers_one_run_long_samples_and_the_pyfunc(tmp_path,
     np.testing.assert_allclose(codes, family_of(model).encode(model, torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
     assert served.predict(x, params={"mode": "reconstruct"}).shape == (3, 24, 6)
     assert served.predict(x, params={"mode": "sample", "n": 5, "seed": 1}).shape == (5, 24, 6)
+
+
+def test_anomaly_rows_of_a_transformed_series_start_after_the_anchor_row(tmp_path):
+    """With data.transform: log_return a window of changes covers the rows after its anchor row, so
+    `vaeflow anomaly` names those rows (window i: rows 1 + i·stride …), and a file needs one row more
+    than the window."""
+    spec = SPEC | {"stationary": Stationariser("log_return", "none", (1.0, 1.0)).to_dict()}
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, model=_model().state_dict(), config=_config().to_dict(), input_spec=spec, epoch=1,
+                    mlflow_run_id="")
+    loaded, config, _ = checkpoint.load_model(path)
+    prices = np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, (20, 2)), axis=0)) * 100  # (20, 2) > 0
+    (tmp_path / "p.csv").write_text("a,b\n" + "\n".join(f"{a},{b}" for a, b in prices))
+    summary = anomaly.score_csv(loaded, config, tmp_path / "p.csv", tmp_path / "out.csv", k=2, stride=4)
+    with open(tmp_path / "out.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == summary["windows"] == 3  # 19 log-returns, windows of 8 every 4 steps
+    assert [(int(r["start_row"]), int(r["end_row"])) for r in rows] == [(1, 8), (5, 12), (9, 16)]
+    per_step = np.array([[float(v) for v in r["step_scores"].split()] for r in rows])
+    i, t = np.unravel_index(per_step.argmax(), per_step.shape)
+    assert summary["most_anomalous_step_row"] == 1 + i * 4 + t
+    (tmp_path / "short.csv").write_text("a,b\n" + "\n".join(f"{a},{b}" for a, b in prices[:8]))
+    with pytest.raises(anomaly.SeriesDataError, match="fewer than the model's window of 8 steps plus the 1 row"):
+        anomaly.score_csv(loaded, config, tmp_path / "short.csv", tmp_path / "out2.csv", k=2)

@@ -20,7 +20,8 @@ import torch
 
 from vaeflow.io import atomic_path
 from vaeflow.modalities.base import ModelInputs
-from vaeflow.modalities.timeseries.data import SeriesDataError, model_windows, read_numeric_csv, windows_to_inputs
+from vaeflow.modalities.timeseries.data import (SeriesDataError, Stationariser, model_windows, read_numeric_csv,
+                                                windows_to_inputs)
 from vaeflow.models.families import family_of
 
 
@@ -115,8 +116,10 @@ def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Pat
         raise SeriesDataError(f"{csv_file}: {int(bad.sum())} missing or non-finite values (first at data row {t + 1}, "
                               f"column {c + 1}); fill or remove them first")
     window = spec["length"]
-    if len(values) < window:
-        raise SeriesDataError(f"{csv_file}: {len(values)} rows, fewer than the model's window of {window} steps")
+    lost = Stationariser.from_spec(spec).lost_steps  # a window of changes starts one row after its anchor row
+    if len(values) < window + lost:
+        raise SeriesDataError(f"{csv_file}: {len(values)} rows, fewer than the model's window of {window} steps"
+                              + (f" plus the {lost} row its data.transform takes" if lost else ""))
     if model.num_classes and label is None:
         raise SeriesDataError(f"this model is conditional on {model.num_classes} classes: pass --label")
     windows = torch.as_tensor(model_windows(spec, values[:, spec["channels_kept"]], window, stride),
@@ -128,13 +131,13 @@ def score_csv(model: Any, config: Any, csv_file: str | Path, out_file: str | Pat
         w = csv.writer(f)
         w.writerow(["window", "start_row", "end_row", "recon_prob_score", "neg_elbo_score", "step_scores"])
         for i, (a, b, steps) in enumerate(zip(scores.recon_prob, scores.neg_elbo, scores.step_column())):
-            w.writerow([i, i * stride, i * stride + window - 1, f"{a:.6g}", f"{b:.6g}", steps])
+            w.writerow([i, i * stride + lost, i * stride + lost + window - 1, f"{a:.6g}", f"{b:.6g}", steps])
     top = int(np.argmax(scores.neg_elbo))
     step = scores.top_step()
     return {"output": str(out_file), "windows": len(windows), "window": window, "stride": stride, "k": k,
-            "max_neg_elbo_score": float(scores.neg_elbo[top]), "most_anomalous_start_row": top * stride,
+            "max_neg_elbo_score": float(scores.neg_elbo[top]), "most_anomalous_start_row": top * stride + lost,
             "median_neg_elbo_score": float(np.median(scores.neg_elbo)),
-            **({"most_anomalous_step_row": step["window"] * stride + step["step"]} if step else {})}
+            **({"most_anomalous_step_row": step["window"] * stride + lost + step["step"]} if step else {})}
 
 
 def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, *, k: int | None = None,
@@ -164,6 +167,7 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
         raise SeriesDataError(f"{path}: {len(got.channel_names)} value columns {got.channel_names}, but the model "
                               f"was trained on {spec['raw_channels']}{f' ({names})' if names else ''}; set --value-columns")
     window = spec["length"]
+    lost = Stationariser.from_spec(spec).lost_steps  # a window of changes starts one step after its anchor
     classes = {c: i for i, c in enumerate(spec.get("class_names") or [])}
     if model.num_classes and got.labels is None and label is None:
         raise SeriesDataError(f"this model is conditional on {model.num_classes} classes: pass --label, or "
@@ -175,7 +179,7 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
         times = got.times[i]
         keep = np.isfinite(values).all(1) if data.missing == "drop" else None
         cleaned = clean(values, data.missing, counts, where=f"{path}: series {sid!r}")
-        if cleaned is None or len(cleaned) < window:
+        if cleaned is None or len(cleaned) < window + lost:
             short += 1
             continue
         if keep is not None:  # the steps clean() dropped
@@ -189,7 +193,7 @@ def score_file(model: Any, config: Any, path: str | Path, out_file: str | Path, 
             all_labels.append(np.full(len(w), classes[text] if text is not None else int(label)))
         all_windows.append(w)
         for j in range(len(w)):
-            a, b = j * stride, j * stride + window - 1
+            a, b = j * stride + lost, j * stride + lost + window - 1
             rows.append([sid, j, a, b, _time_text(times, a), _time_text(times, b)])
     if not all_windows:
         raise SeriesDataError(f"{path}: no series has the model's window of {window} steps ({short} too short)")

@@ -310,6 +310,12 @@ class Stationariser:
     def active(self) -> bool:
         return (self.transform, self.window_scaling) != ("none", "none")
 
+    @property
+    def lost_steps(self) -> int:
+        """Steps a series loses at its start (a change needs the level before it): the rows of the
+        transformed series are the input's rows shifted by this many."""
+        return 1 if self.transform in ("log_return", "diff") else 0
+
     def series(self, values: np.ndarray, *, names: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
         """Transform one series; also return each step's anchor (the level its window would start from).
 
