@@ -71,7 +71,8 @@ FILE_CHANGES = [
     ("vaeflow/modalities/timeseries/files.py", _stale("prepare", modality="timeseries")),
     ("vaeflow/modalities/molecule/chem.py", _stale(*ALL, modality="molecule")),
     ("vaeflow/modalities/image/data.py", _stale(*ALL) | CLASSIFIER),
-    ("vaeflow/modalities/image/quality.py", _stale("evaluate") | CLASSIFIER),
+    # The classifier stage, evaluate's FD and the VAE-GAN's val_fd while it trains.
+    ("vaeflow/modalities/image/quality.py", _stale("train", "evaluate") | CLASSIFIER),
     ("vaeflow/modalities/image/metrics.py", _stale("evaluate")),
     ("vaeflow/modalities/image/task.py", _stale("sample", "evaluate")),
     ("vaeflow/idx.py", _stale("prepare")),

@@ -5,6 +5,7 @@ errors, and (slow) two Ray workers through train → MLflow → the registered p
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import threading
@@ -149,14 +150,28 @@ def test_a_discriminator_too_deep_for_the_image_is_a_config_error(tmp_path):
         build_model(config.model, SPEC)
 
 
+def test_val_fd_without_the_classifier_stage_is_one_config_error(project):
+    config = tiny_config(project, *SMALL, "model.vaegan.fd_every_epochs=1")
+    with pytest.raises(ConfigError, match=r"model.vaegan.fd_every_epochs needs the in-domain classifier: .*"
+                                          r"run the classifier stage first"):
+        stages.train(config, stages.Paths.for_modality("image", project), progress=False)
+
+
 @pytest.mark.slow
 def test_vaegan_trains_with_two_ray_workers_into_mlflow_and_serves(project, ray_cluster):
     """Two DDP workers on the tiny Fashion-MNIST subset, 2 epochs, then sample and evaluate (no NLL).
     Measured 55–61 s on 2 cores shared with other jobs: ``-m slow``."""
-    config = tiny_config(project, *SMALL, "train.epochs=2")
+    config = tiny_config(project, *SMALL, "train.epochs=2", "model.vaegan.fd_every_epochs=2", "model.vaegan.fd_samples=64")
     paths = stages.Paths.for_modality("image", project)
+    stages.classifier(config, paths)  # the in-domain features of val_fd (training) and of evaluate's FD
     metrics = stages.train(config, paths, progress=False)
     assert {"best_val_recon", "final_val_disc_acc_real", "final_val_disc_acc_fake"} <= set(metrics)
+    # val_fd at the epochs it is due (every 2nd), the same value in MLflow, history.csv and train.json.
+    run_id = json.loads((paths.model / "run.json").read_text())["mlflow_run_id"]
+    fd = tracking.client(config.tracking).get_metric_history(run_id, "val_fd")
+    assert [m.step for m in fd] == [2] and fd[0].value > 0 and metrics["last_val_fd"] == pytest.approx(fd[0].value)
+    with open(project / "plots/image/history.csv") as f:
+        assert [row["val_fd"] for row in csv.DictReader(f)][0] == ""  # epoch 1: not measured
 
     run = json.loads((paths.model / "run.json").read_text())
     client = tracking.client(config.tracking)
@@ -180,7 +195,6 @@ def test_vaegan_trains_with_two_ray_workers_into_mlflow_and_serves(project, ray_
     assert samples.shape == (4, 1, 28, 28) and np.isfinite(samples).all()
 
     assert stages.sample(config, paths)["n_samples"] == config.sample.n
-    stages.classifier(config, paths)  # the in-domain features evaluate's FD and precision/recall use
     ev = stages.evaluate(config, paths, progress=False)
     assert {"fd", "precision", "recall", "fd_train_vs_test", "fd_blurred_test"} <= set(ev)
     assert "test_nll_iwae" not in ev and {"test_recon", "test_disc_acc_real", "test_disc_acc_fake"} <= set(ev)

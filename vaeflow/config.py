@@ -140,6 +140,12 @@ class VAEGANConfig:
     pixel_weight: float = 1.0
     # The discriminator's learning rate; None: train.lr (the encoder and decoder always use train.lr).
     discriminator_lr: float | None = None
+    # Every this many epochs, the FD of fd_samples prior samples against the validation images in
+    # the classifier stage's features is logged as val_fd (mode collapse and instability show there);
+    # 0: never. Needs the classifier stage's output (dvc repro runs it before train@image).
+    fd_every_epochs: int = 0
+    # Samples per val_fd (fewer than evaluate's FD: cheaper, and a little higher, since FD is biased upwards in n).
+    fd_samples: int = 2000
 
     def __post_init__(self) -> None:
         require_positive("model.vaegan", width=self.width, layers=self.layers)
@@ -150,6 +156,8 @@ class VAEGANConfig:
                 f"model.vaegan.gamma and model.vaegan.pixel_weight must be ≥ 0, got {self.gamma} and {self.pixel_weight}")
         require(self.discriminator_lr is None or self.discriminator_lr > 0,
                 f"model.vaegan.discriminator_lr must be > 0 or null (train.lr), got {self.discriminator_lr}")
+        require(self.fd_every_epochs >= 0, f"model.vaegan.fd_every_epochs must be ≥ 0 (0: never), got {self.fd_every_epochs}")
+        require(self.fd_samples >= 2, f"model.vaegan.fd_samples must be ≥ 2, got {self.fd_samples}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,8 +141,9 @@ def _resume_or_start(config: ExperimentConfig, tags: dict[str, str]) -> tuple[st
 
 
 def _write_history_csv(history: list[dict[str, float]], path: Path) -> None:
+    # Every key of any row: a training monitor's metrics are in the rows of the epochs it measured.
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
         writer.writeheader()
         writer.writerows(history)
 
@@ -240,10 +241,11 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     submission = os.environ.get(SUBMISSION_ENV)
     if submission:
         tags["ray.submission_id"] = submission
+    monitor = modality.task.training_monitor(config, paths)  # before the run opens: a missing classifier fails here
     run_name, run_id = _resume_or_start(config, tags)
     log.info("MLflow run %s (experiment %s, Ray run %s)", run_id, config.tracking.experiment, run_name)
     try:
-        result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress)
+        result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress, monitor=monitor)
     except TrainingError:
         # Shown as failed in the UI; the job marker stays "running", so the same command resumes it.
         # (One try: the tracking server may be what failed; the run then shows RUNNING until resumed.)
@@ -294,6 +296,8 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         **{f"final_val_{k}": last[f"val_{k}"] for k in family.summary},
         "median_epoch_time_s": sorted(r["epoch_time_s"] for r in history)[len(history) // 2],
     }
+    if monitor is not None:  # its last measurement, if an epoch was due
+        metrics |= {f"last_{k}": measured[-1] for k in monitor.names() if (measured := [r[k] for r in history if k in r])}
     write_json(paths.metrics / "train.json", metrics)
     tracking.log_metrics(c, run_id, {f"best_val_{score}": best_val})
     c.set_terminated(run_id, "FINISHED")

@@ -111,6 +111,25 @@ class ModalityData(abc.ABC):
         return generated.cpu().numpy()
 
 
+class TrainingMonitor(abc.ABC):
+    """A measurement of the model taken during training on rank 0, every ``every`` epochs; picklable
+    (it travels to the Ray workers with the job's config)."""
+
+    every: int
+
+    def due(self, epoch: int) -> bool:
+        """Whether to measure after ``epoch`` (1-based) finished."""
+        return self.every > 0 and epoch % self.every == 0
+
+    @abc.abstractmethod
+    def names(self) -> tuple[str, ...]:
+        """The metric names it returns (each epoch row holds them on the epochs it is due)."""
+
+    @abc.abstractmethod
+    def __call__(self, model: Any, device: torch.device, generator: torch.Generator) -> dict[str, float]:
+        """Measure ``model`` (the bare module, in eval mode for the call)."""
+
+
 class ModalityTask(abc.ABC):
     """The task side of a modality: what its samples look like and how they are scored."""
 
@@ -128,6 +147,11 @@ class ModalityTask(abc.ABC):
     def evaluation_figures(self, model: Any, dataset: torch.utils.data.Dataset, spec: dict[str, Any],
                            out_dir: Path, generator: torch.Generator) -> list[Path]:
         """Write the modality's evaluation figures into ``out_dir``; return their paths."""
+
+    def training_monitor(self, config: Any, paths: Any) -> TrainingMonitor | None:
+        """What rank 0 measures on the model at some epoch ends while it trains, beyond the family's
+        loss terms (images: the VAE-GAN's FD); built on the driver, sent to the workers. Default: none."""
+        return None
 
     def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
                            generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:

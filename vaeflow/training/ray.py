@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from vaeflow import registry, tracking
 from vaeflow.config import ExperimentConfig, from_dict
+from vaeflow.modalities.base import TrainingMonitor
 from vaeflow.models import families
 from vaeflow.models.families import Family, FamilyOptimizer, unwrap
 from vaeflow.models.families.vae import VAEFamily
@@ -221,6 +222,9 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         row = {"epoch": epoch + 1} | {k: v for k, v in train.items() if k not in metrics}
         row |= {"epoch_time_s": seconds, "train_examples_per_s": len(sampler) * world / seconds}
         row |= {f"train_{k}": train[k] for k in metrics} | {f"val_{k}": val[k] for k in metrics}
+        monitor = cfg.get("monitor")
+        if monitor is not None and monitor.due(epoch + 1):
+            row |= _measure(monitor, unwrap(model), rank, device, seeded_generator(device, config.seed, "monitor", epoch))
         history.append(row)
         if rank == 0:
             label = family.score_label or family.score
@@ -232,6 +236,16 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                 print(f"train.time_limit_minutes ({config.train.time_limit_minutes:g}) reached after epoch {epoch + 1} "
                       f"of {config.train.epochs}; training stops here", flush=True)
             break
+
+
+def _measure(monitor: TrainingMonitor, model: torch.nn.Module, rank: int, device: torch.device,
+             generator: torch.Generator) -> dict[str, float]:
+    """Rank 0 measures; every rank gets its values (all-reduced), so every rank reports the same row."""
+    values = monitor(model, device, generator) if rank == 0 else dict.fromkeys(monitor.names(), 0.0)
+    t = torch.tensor([values[k] for k in monitor.names()], dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)  # the others add zeros
+    return dict(zip(monitor.names(), t.tolist()))
 
 
 def _out_of_time(limit_minutes: float | None, elapsed_s: float, device: torch.device) -> bool:
@@ -338,6 +352,7 @@ def fit(
     run_name: str,
     run_id: str,
     progress: bool = True,
+    monitor: TrainingMonitor | None = None,
 ) -> FitResult:
     """Train with ``config.train.num_workers`` Ray Train workers; resume if ``run_name`` has checkpoints.
 
@@ -347,6 +362,8 @@ def fit(
         run_name: Ray Train run name under ``config.train.storage_path``; the same name resumes.
         run_id: the MLflow run that epoch metrics are logged into.
         progress: show per-epoch progress bars (rank 0 only).
+        monitor: a measurement rank 0 adds to the epoch rows when it is due (the modality task's
+            ``training_monitor``, e.g. the VAE-GAN's FD).
 
     Raises:
         TrainingError: with the cause in one line (e.g. a NaN loss, naming epoch and step).
@@ -369,6 +386,7 @@ def fit(
             "val": ray.put(modality.load(Path(processed_dir), "val")),
             "run_id": run_id,
             "family_module": family_module,
+            "monitor": monitor,
             # Bars only on a terminal; logs (DVC, CI, ray job logs) get one line per epoch instead.
             "progress": progress and sys.stderr.isatty(),
         },

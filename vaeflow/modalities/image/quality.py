@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaeflow.io import atomic_path
+from vaeflow.modalities.base import TrainingMonitor
 from vaeflow.modalities.image.config import ClassifierConfig, ImageEvaluateConfig
 from vaeflow.modalities.image.data import ImageDataset
 from vaeflow.modalities.image.metrics import Gaussian, frechet_distance, precision_recall
@@ -179,3 +180,45 @@ def sample_quality(model: nn.Module, classifier: FeatureClassifier, train: Image
         metrics |= {f"fd{suffix}": frechet_distance(Gaussian.fit(feats[name]), reference),
                     f"precision{suffix}": pr.precision, f"recall{suffix}": pr.recall}
     return metrics | {"n_fd_samples": len(samples), "n_fd_train": len(train_x)}
+
+
+class FDMonitor(TrainingMonitor):
+    """``val_fd`` during training: the FD of ``n`` prior samples against the validation images, in the
+    classifier stage's features (the reference statistics are computed once, on the driver).
+
+    Args:
+        classifier: the classifier stage's weights and constructor arguments (``classifier.pt``).
+        reference: the validation images' feature Gaussian.
+        every: epochs between measurements.
+        n: samples per measurement.
+        batch_size: sampling and embedding batch.
+    """
+
+    def __init__(self, classifier: dict[str, Any], reference: Gaussian, *, every: int, n: int, batch_size: int = 500):
+        self.classifier, self.reference = classifier, reference
+        self.every, self.n, self.batch_size = every, n, batch_size
+
+    @classmethod
+    def build(cls, classifier_dir: Path, val: ImageDataset, *, every: int, n: int) -> FDMonitor:
+        """Raises: FileNotFoundError (no classifier stage output), ValueError (one that has no weights)."""
+        classifier, metrics = load_classifier(classifier_dir)
+        if classifier is None:
+            raise ValueError(f"no val_fd: {metrics['skipped']}")
+        reference = Gaussian.fit(embed(classifier, pixels(val), 500))
+        return cls({"state_dict": classifier.state_dict(), "kwargs": classifier.kwargs}, reference, every=every, n=n)
+
+    def names(self) -> tuple[str, ...]:
+        return ("val_fd",)
+
+    def __call__(self, model: nn.Module, device: torch.device, generator: torch.Generator) -> dict[str, float]:
+        classifier = FeatureClassifier(**self.classifier["kwargs"]).to(device)
+        classifier.load_state_dict(self.classifier["state_dict"])
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                samples = draw_samples(model, self.n, self.batch_size, generator)
+        finally:
+            model.train(was_training)
+        features = embed(classifier.eval(), samples, self.batch_size)
+        return {"val_fd": frechet_distance(Gaussian.fit(features), self.reference)}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vaeflow import plots
+from vaeflow.config import ConfigError
 from vaeflow.modalities.base import ModalityTask
 from vaeflow.modalities.image import quality
 from vaeflow.modalities.image.data import ImageDataset
@@ -70,6 +71,18 @@ class ImageTask(ModalityTask):
                          for i in range(0, len(x), 1024)])
         plots.latent_scatter(mus.cpu().numpy(), y.cpu().numpy(), paths[2], class_names=spec.get("class_names", ()))
         return paths
+
+    def training_monitor(self, config: Any, paths: Any) -> quality.FDMonitor | None:
+        """The VAE-GAN's ``val_fd`` every ``model.vaegan.fd_every_epochs`` epochs (``quality.FDMonitor``)."""
+        if config.model.family != "vaegan" or not config.model.vaegan.fd_every_epochs:
+            return None
+        opts = config.model.vaegan
+        try:
+            return quality.FDMonitor.build(paths.classifier, self.data.load(paths.processed, "val"),
+                                           every=opts.fd_every_epochs, n=opts.fd_samples)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"model.vaegan.fd_every_epochs needs the in-domain classifier: {exc}; or set "
+                              "model.vaegan.fd_every_epochs: 0") from None
 
     def evaluation_metrics(self, model: Any, config: Any, paths: Any, out_dir: Path,
                            generator: torch.Generator, *, progress: bool = True) -> dict[str, float]:
