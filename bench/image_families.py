@@ -71,8 +71,9 @@ def _link(shared: Path, root: Path, rel: str) -> None:
 
 
 def _history(root: Path) -> list[dict[str, float]]:
+    """The train stage's per-epoch rows (an empty cell, a metric not measured that epoch, as NaN)."""
     with open(root / "plots/image/history.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _vq_epochs(shared: Path, work: Path, preset: str, overrides: Sequence[str], budget_s: float) -> list[str]:
@@ -134,6 +135,9 @@ def run_variant(name: str, shared: Path, work: Path, budget_min: float, extra: S
     }
     if config.model.family == "vqvae":
         row["vq_epochs"] = config.model.vq.prior_start_epoch
+    if "last_val_fd" in tr:  # the VAE-GAN's FD while it trained (model.vaegan.fd_every_epochs)
+        row["val_fd"] = tr["last_val_fd"]
+        row["val_fd_by_epoch"] = {int(r["epoch"]): r["val_fd"] for r in history if not math.isnan(r.get("val_fd", math.nan))}
     row["evaluate"] = ev
     if figures:
         FIGURES.mkdir(parents=True, exist_ok=True)
@@ -170,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         {"family": "reference: blurred test set", "fd": ev.get("fd_blurred_test"),
          "precision": ev.get("precision_blurred_test"), "recall": ev.get("recall_blurred_test")},
     ]
-    table = [{k: v for k, v in r.items() if k != "evaluate" and v is not None} for r in rows] + references
+    table = [{k: v for k, v in r.items() if k not in ("evaluate", "val_fd_by_epoch") and v is not None}
+             for r in rows] + references
     print_table(table, f"image families at {args.budget_minutes:g} min of training each (Fashion-MNIST, 2 workers × 1 CPU)")
     finite = all(math.isfinite(r["fd"]) for r in rows if r.get("fd") is not None)
     record = {"budget_minutes": args.budget_minutes, "overrides": args.overrides, "rows": rows, "references": references,
