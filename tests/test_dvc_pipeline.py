@@ -184,7 +184,7 @@ FAMILIES = {
 def test_each_family_runs_through_dvc_repro_then_nothing(family, tmp_path):
     """`model.family` set in params.yaml: dvc repro trains, samples and evaluates that family (images
     with the classifier's FD), registers its model in one MLflow run, and a second repro runs nothing.
-    About 1.5 min each on 2 cores."""
+    About 1.5 min each on 2 quiet cores (3.4 min while other jobs ran)."""
     import mlflow
 
     modality, preset, overrides = FAMILIES[family]
