@@ -114,7 +114,10 @@ def run_pipeline(dataset: str, name: str, args: argparse.Namespace, workdir: Pat
                  *([f"train.epochs={args.epochs}"] if args.epochs else []), *args.overrides]
     config = pipeline_config(model_preset(name, workdir), root, overrides)
     started = time.perf_counter()
-    out = run_stages(config, root, STAGES)
+    # --reuse: a stage whose metrics file a run with the same --workdir left is not run again.
+    done = {s: root / "metrics/timeseries" / f"{s}.json" for s in STAGES}
+    kept = [s for s in STAGES if args.reuse and done[s].is_file()]
+    out = {s: json.loads(done[s].read_text()) for s in kept} | run_stages(config, root, [s for s in STAGES if s not in kept])
     ev, tr = out["evaluate"], out["train"]
     row = {
         "dataset": dataset, "model": name, "family": config.model.family, "epochs": config.train.epochs,
@@ -151,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gunpoint-seeds", type=int, default=3)
     p.add_argument("--skip-gunpoint", action="store_true")
     p.add_argument("--workdir", default=None, help="project folders (default: a temporary folder, removed at the end)")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --workdir: keep the stages an interrupted run finished (their metrics files)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="override for every pipeline run, e.g. train.num_workers=1 (model.* ones also on GunPoint)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/timeseries_families.json)")
