@@ -194,6 +194,21 @@ def test_discriminative_score_near_zero_for_held_out_real_and_high_for_noise():
     assert len(same.values) == 2 and len(noise.values) == 1
 
 
+def test_posthoc_fits_run_on_one_thread_and_restore_the_callers():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        head = tsm._seeded_model(0, 2, 1, 1, per_step=False)
+        head.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+        x = torch.rand(8, 5, 2)
+        tsm._fit(head, x, torch.ones(8, 1), torch.nn.functional.binary_cross_entropy_with_logits, steps=2, batch=4,
+                 generator=torch.Generator().manual_seed(0))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_predictive_score_and_autocorrelation_distance_rank_real_over_noise():
     real = _sines(600, c=4, shared=True) * [1.0, 0.8, 0.6, 0.4]  # the last channel follows the others
     noise = np.random.default_rng(2).random((600, 24, 4), dtype=np.float32)
