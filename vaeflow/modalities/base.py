@@ -94,6 +94,16 @@ class ModalityData(abc.ABC):
         """The DataLoader collate function; None uses torch's default."""
         return None
 
+    def lengths(self, dataset: torch.utils.data.Dataset) -> torch.Tensor | None:
+        """Each example's length where a batch costs what its longest example does (a padded
+        sequence), for length-bucketed batches (``train.length_buckets``); None (the default) when
+        examples have no such length, and training shuffles them plainly.
+
+        Shapes:
+            → (len(dataset),) long
+        """
+        return None
+
     def encoder_input(self, example: Any, spec: dict[str, Any]) -> Any:
         """Turn raw inputs (an ``example_input`` or what the pyfunc model receives) into the encoder's
         input; the default reads them as a float32 tensor."""

@@ -34,6 +34,7 @@ from vaeflow.models import families
 from vaeflow.models.families import Family, FamilyOptimizer, unwrap
 from vaeflow.models.families.vae import VAEFamily
 from vaeflow.training import checkpoint
+from vaeflow.training.batching import train_loader as make_train_loader
 from vaeflow.training.checkpoint import load as load_checkpoint  # `checkpoint` is also a callback argument
 from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
 
@@ -170,12 +171,11 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     score = score_key(family)
     metrics = metric_names(family, config)
 
-    # Our own DistributedSampler (also for one worker): its seed + set_epoch make each epoch's order
-    # a function of (seed, epoch) alone, so a resumed run sees the same batches as an uninterrupted one.
+    # Our own sampler (also for one worker): its seed + set_epoch make each epoch's batches a function
+    # of (seed, epoch, rank) alone, so a resumed run sees the same batches as an uninterrupted one.
     per_worker = config.train.batch_size // world
     collate = modality.collate_fn()
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
-    train_loader = DataLoader(train_ds, batch_size=per_worker, sampler=sampler, drop_last=True, collate_fn=collate)
+    train_loader, sampler = make_train_loader(train_ds, modality, config, per_worker=per_worker, world=world, rank=rank)
     val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
     val_loader = DataLoader(val_ds, batch_size=per_worker, sampler=val_sampler, collate_fn=collate)
 
@@ -220,7 +220,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         )
         # The family's schedule values (the VAE's β) as they stood at the end of the training epoch.
         row = {"epoch": epoch + 1} | {k: v for k, v in train.items() if k not in metrics}
-        row |= {"epoch_time_s": seconds, "train_examples_per_s": len(sampler) * world / seconds}
+        row |= {"epoch_time_s": seconds, "train_examples_per_s": len(train_loader) * per_worker * world / seconds}
         row |= {f"train_{k}": train[k] for k in metrics} | {f"val_{k}": val[k] for k in metrics}
         monitor = cfg.get("monitor")
         if monitor is not None and monitor.due(epoch + 1):

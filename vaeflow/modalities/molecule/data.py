@@ -526,6 +526,10 @@ def _collate_chunks(chunks: list[Chunk], n_props: int = len(chem.PROPERTIES)) ->
     }
 
 
+# Every SELFIES vocabulary starts with the special tokens (build_vocab), so <pad> is id 0.
+PAD_ID = SPECIALS.index(PAD)
+
+
 def tokenize(selfies: Sequence[str], vocab: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
     """Token ids (N, L) padded with ``<pad>``, each row ending in ``<eos>``; indices of rows that use
     tokens outside ``vocab`` (rejected: the model could not represent them)."""
@@ -640,6 +644,14 @@ class MoleculeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.smiles)
 
+    def token_lengths(self) -> torch.Tensor:
+        """SELFIES tokens of each molecule, ``<eos>`` included (the row's width without ``<pad>``).
+
+        Shapes:
+            → (N,) long
+        """
+        return (self.data["tokens"] != PAD_ID).sum(1).long()  # (N, L) → (N,): padding only trails
+
     def __getitem__(self, i: int) -> Any:
         from torch_geometric.data import Data
 
@@ -675,9 +687,20 @@ def _read_spec(processed_dir: Path) -> dict[str, Any]:
 
 
 def collate_graphs(items: list[Any]) -> Any:
+    """PyG ``Data`` items → one ``Batch``; token rows (stored as wide as the split's longest
+    molecule) are cut to the batch's longest. The decoder is causal and its likelihood masks
+    ``<pad>``, so the columns cut changed no loss, only its cost.
+
+    Shapes:
+        items[i].tokens: (1, L) → batch.tokens: (N, L_batch), L_batch ≤ L
+    """
     from torch_geometric.data import Batch
 
-    return Batch.from_data_list(items)
+    batch = Batch.from_data_list(items)
+    tokens = getattr(batch, "tokens", None)  # graphs without tokens (e.g. encoder input) pass as they are
+    if tokens is not None and tokens.numel():
+        batch.tokens = tokens[:, : int((tokens != PAD_ID).sum(1).max())]  # (N, L) → (N, L_batch)
+    return batch
 
 
 class MoleculeData(ModalityData):
@@ -722,6 +745,11 @@ class MoleculeData(ModalityData):
 
     def collate_fn(self) -> Any:
         return collate_graphs
+
+    def lengths(self, dataset: torch.utils.data.Dataset) -> torch.Tensor | None:
+        """SELFIES token counts (the decoder's steps), or None for a data set that is not a
+        processed split (e.g. a ``Subset``): then training shuffles plainly."""
+        return dataset.token_lengths() if isinstance(dataset, MoleculeDataset) else None
 
     def model_inputs(self, batch: Any, config: DataConfig, *, train: bool,
                      generator: torch.Generator | None) -> ModelInputs:
