@@ -10,6 +10,8 @@ import pytest
 from bench import molecule_throughput
 
 
+# About 25 s (bare training loops at tiny sizes): -m slow, keeping the default suite within its budget.
+@pytest.mark.slow
 def test_molecule_throughput_bench_times_and_scores_every_variant(tmp_path):
     out = tmp_path / "molecule_throughput.json"
     molecule_throughput.main(["--train-limit", "300", "--val-size", "64", "--epochs", "2", "--seeds", "1",
