@@ -135,10 +135,15 @@ def run_pipeline(dataset: str, name: str, args: argparse.Namespace, workdir: Pat
 def run_gunpoint(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """bench/timeseries_anomaly.py's one-class protocol on GunPoint with model ``name``."""
     started = time.perf_counter()
+    out = workdir / f"gunpoint-{name}.json"
+    if args.reuse and out.is_file():  # a finished GunPoint run of the same settings
+        record = json.loads(out.read_text())
+        if (record["settings"]["epochs"], record["settings"]["seeds"]) == (args.gunpoint_epochs, args.gunpoint_seeds):
+            return {"rows": {r["score"]: r for r in record["rows"]}, "runs": record["runs"], "seconds": record["seconds"]}
     record = timeseries_anomaly.main(["--dataset", "ucr-gunpoint", "--preset", str(gunpoint_preset(name, workdir)),
                                       "--epochs", str(args.gunpoint_epochs), "--seeds", str(args.gunpoint_seeds),
                                       *(a for o in args.overrides if o.startswith("model.") for a in ("--set", o)),
-                                      "--out", str(workdir / f"gunpoint-{name}.json")])
+                                      "--out", str(out)])
     rows = {r["score"]: r for r in record["rows"]}
     return {"rows": rows, "runs": record["runs"], "seconds": time.perf_counter() - started}
 
@@ -155,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip-gunpoint", action="store_true")
     p.add_argument("--workdir", default=None, help="project folders (default: a temporary folder, removed at the end)")
     p.add_argument("--reuse", action="store_true",
-                   help="with --workdir: keep the stages an interrupted run finished (their metrics files)")
+                   help="with --workdir: keep the stages and GunPoint runs an interrupted run finished")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="override for every pipeline run, e.g. train.num_workers=1 (model.* ones also on GunPoint)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/timeseries_families.json)")
