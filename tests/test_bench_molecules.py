@@ -59,6 +59,8 @@ def test_sampling_benchmark_writes_rates(tmp_path):
         assert _positive(ts[key]), key
 
 
+# 28 s and 12 s (the next test) under load: -m slow, keeping the default suite within 10 minutes.
+@pytest.mark.slow
 def test_collapse_benchmark_reports_every_variant_and_epoch(tmp_path, mol_data):
     root, _ = mol_data  # the tiny preset's prepared MOSES subset
     out = tmp_path / "collapse.json"
@@ -76,6 +78,7 @@ def test_collapse_benchmark_reports_every_variant_and_epoch(tmp_path, mol_data):
     assert [r["beta"] for r in record["rows"]] == [1.0, 1.0, 0.05, 0.05]  # each variant trains at its own β
 
 
+@pytest.mark.slow
 def test_fcd_memory_benchmark_compares_both_implementations(tmp_path):
     out = tmp_path / "fcd_memory.json"
     fcd_memory.main(["--sizes", "24", "--out", str(out)])
