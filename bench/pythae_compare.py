@@ -2,16 +2,38 @@
 
 What it measures, for each trainer: test NLL by IWAE and test −ELBO (one estimator, vaeflow's, applied
 to both trained models), wall time per training epoch (median over the steady-state epochs, i.e. all
-but the first) and in total, CPU seconds of the whole process tree, and peak memory (peak of the summed
-RSS of the trainer's whole process tree, sampled every 0.2 s; for vaeflow also the Ray Train worker's
-own peak RSS, since Ray's daemons add a fixed cost).
+but the first) and in total, the seconds spent outside the training epochs (``overhead_s``: the
+trainer's own training wall time, from before its data loading or MLflow run to the end of training,
+minus the sum of its epoch times, so validation, checkpoints, Ray start-up and the worker group count
+here; ``overhead_process_s``: the same from the spawned process's start to its exit, i.e. also
+imports and shutdown), CPU seconds of the whole process tree, and peak memory of the trainer's whole
+process tree (the root process and every descendant, listed with psutil's ``children(recursive=True)``
+every 0.2 s):
+
+  * **peak summed PSS** (the headline figure): the ``Pss:`` line of ``/proc/<pid>/smaps_rollup`` of
+    every process in the tree, summed per sample, peak over samples. PSS divides each shared page
+    among the processes that map it, so the shared libraries and the shared-memory object store that
+    Ray's ~28 processes all map are counted once in total, not once per process;
+  * peak summed RSS, kept for comparison with the earlier figures (it counts shared pages once per
+    process, so it overstates a many-process tree);
+  * for vaeflow also the Ray Train worker's own peak PSS and RSS, since Ray's daemons add a fixed cost.
+
+Both trees are sampled by one thread of the parent, at niceness 19 so that it takes no CPU the trainers
+want (its CPU seconds are in the JSON: reading smaps_rollup walks each process's page tables). Pages a
+trainer shares with that parent (the torch libraries both map) are split with it too, which lowers
+each tree's PSS by at most its file-backed part (``peak_pss_tree_parts_mb.pss_file``, tens of MB).
 
 Protocol:
   1. ``vaeflow.stages.prepare`` with ``configs/image/quick.yaml`` writes the data into a temporary
      project folder: Fashion-MNIST's 60k training images split into 55k train / 5k validation
      (seeded), and the 10k test images (uint8).
-  2. One model definition: vaeflow's ``conv2d`` encoder and decoder built by ``build_model`` from the
-     quick preset (latent 16), with the same seed, so both trainers start from identical weights.
+  2. One model definition: vaeflow's ``conv2d`` encoder and decoder built by the family's
+     ``build_model`` (the call vaeflow's worker makes) from the quick preset (latent 16), after
+     ``torch.manual_seed(seed)`` with the same training seed, so both trainers start from identical
+     weights. With ``--seeds S1 S2 …`` each seed trains both trainers once: the seed sets the initial
+     weights, the shuffling and noise streams and the validation binarisation of both; the data split
+     and the test set's binarisation and IWAE streams stay the preset's (``seed: 0``), so every model
+     of every seed is scored on the same binarised test images with the same random streams.
   3. pythae: ``pythae.models.VAE`` (``reconstruction_loss="bce"``) whose ``BaseEncoder`` /
      ``BaseDecoder`` wrap those two modules (the decoder wrapper returns ``sigmoid(logits)``, as
      pythae's BCE expects probabilities), trained by ``pythae.trainers.BaseTrainer`` with Adam, the same
@@ -28,11 +50,19 @@ Protocol:
      −ELBO on all test images, IWAE NLL with k samples on the first ``--test-examples`` ones
      (``vaeflow.training.likelihood.iwae_nll``; both models see the same random streams).
 
-Commands (the trainers run one after the other; with ``--repeats`` R they take turns going first
-over R rounds, and the time ratios are the median of the per-round ratios):
+Rounds and what is paired: the trainers run one after the other. Each seed gets ``--repeats`` R
+rounds (default 1), and over all rounds (seed by seed) the trainers take turns going first, so with
+``--seeds 0 1 2`` the orders are pythae→vaeflow, vaeflow→pythae, pythae→vaeflow. Time and memory ratios
+are the median of the per-round ratios; a seed's last round's models are scored, right after that
+seed's rounds. For the NLL the script reports per seed both trainers' test NLL and −ELBO and the
+paired difference vaeflow − pythae (with its standard error over the test images), then over seeds
+the mean difference, its standard deviation and standard error over seeds (each seed one paired
+observation) and, against it, the seed-to-seed standard deviation of each trainer's NLL; and the
+standard error over test images of the per-image difference averaged over the seeds.
 
     python bench/pythae_compare.py --epochs 5 --k 1000 --test-examples 1000     # ~10–15 min on 2 idle cores
     python bench/pythae_compare.py --epochs 3 --k 1000 --test-examples 500 --repeats 3
+    python bench/pythae_compare.py --epochs 10 --seeds 0 1 2 --k 1000 --test-examples 500   # ~40–60 min
 
 Known differences between the two setups (also written to the JSON):
   * Dynamic binarisation: vaeflow draws fresh Bernoulli pixels per batch; pythae's trainer takes a
@@ -60,6 +90,7 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -70,9 +101,10 @@ import torch
 if __package__ in (None, ""):  # run as `python bench/pythae_compare.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import TreeMonitor, median, print_table, write_json  # noqa: E402
+from bench._common import WORKER_MARK, TreeMonitor, median, print_table, write_json  # noqa: E402
 from vaeflow import config as cfg  # noqa: E402
 from vaeflow import registry, stages  # noqa: E402
+from vaeflow.models import families  # noqa: E402
 from vaeflow.models.vae import VAE, build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +133,8 @@ class Job:
     config: dict[str, Any]
     processed: str
     workdir: str
-    round: int = 0  # vaeflow names its Ray Train run by it: a finished run of the same name would be resumed, not retrained
+    round: int = 0  # global round index; names vaeflow's Ray Train run (a finished run of the same name would be
+    # resumed, not retrained), the log and the model files
 
 
 # --- pythae side -------------------------------------------------------------------------------------
@@ -218,8 +251,8 @@ def _train_pythae(job: Job) -> dict[str, Any]:
         def on_log(self, training_config: Any, logs: dict[str, float], **kwargs: Any) -> None:
             self.rows[-1] |= {"train_loss": float(logs["train_epoch_loss"]), "val_neg_elbo": float(logs["eval_epoch_loss"])}
 
-    torch.manual_seed(config.seed)  # the same initial weights as vaeflow's worker
-    model = pythae_model(build_model(config.model, modality.input_spec(processed)))
+    torch.manual_seed(config.seed)  # the same initial weights as vaeflow's worker: the same seed and builder
+    model = pythae_model(families.build_model(config.model, modality.input_spec(processed)))
     timer = Timer()
     trainer = BaseTrainer(
         model=model, train_dataset=train, eval_dataset=val, callbacks=[timer],
@@ -232,7 +265,7 @@ def _train_pythae(job: Job) -> dict[str, Any]:
     trainer.train()
     total = time.perf_counter() - started
     saved = torch.load(Path(trainer.training_dir) / "final_model" / "model.pt", weights_only=True)
-    model_file = Path(job.workdir) / "pythae_vaeflow_state.pt"
+    model_file = Path(job.workdir) / f"pythae_vaeflow_state_{job.round}.pt"
     torch.save(vaeflow_state_from_pythae(saved["model_state_dict"]), model_file)
     vals = [r["val_neg_elbo"] for r in timer.rows]
     return {"history": timer.rows, "total_s": total, "best_epoch": 1 + vals.index(min(vals)),
@@ -262,7 +295,7 @@ def _train_vaeflow(job: Job) -> dict[str, Any]:
     total = time.perf_counter() - started
     tracking.client(config.tracking).set_terminated(run_id, "FINISHED")
     ray.shutdown()
-    model_file = Path(job.workdir) / "vaeflow_state.pt"
+    model_file = Path(job.workdir) / f"vaeflow_state_{job.round}.pt"
     best = checkpoint.load(result.best)
     torch.save(best["model"], model_file)
     return {"history": result.history, "total_s": total, "mlflow_setup_s": mlflow_s, "ray_start_s": ray_s,
@@ -270,6 +303,98 @@ def _train_vaeflow(job: Job) -> dict[str, Any]:
 
 
 # --- process tree measurement ------------------------------------------------------------------------
+
+PSS_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")  # kB lines of /proc/<pid>/smaps_rollup
+
+
+def read_pss_kb(pid: int) -> dict[str, int] | None:
+    """The PSS lines of ``/proc/<pid>/smaps_rollup`` in kB; None where the process is gone or unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:  # exited, or not ours to read
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in PSS_FIELDS:
+            out[key] = int(rest.split()[0])
+    return out if "Pss" in out else None
+
+
+class PssTreeMonitor(TreeMonitor):
+    """``TreeMonitor`` (summed RSS, CPU seconds) plus the peak summed PSS of the same process tree.
+
+    Each sample lists the root and its descendants (psutil ``children(recursive=True)``) and sums the
+    ``Pss:`` line of every one's ``/proc/<pid>/smaps_rollup``: shared pages are split among the
+    processes that map them, so a tree's shared libraries and shared memory count once. The sampling
+    thread runs at niceness 19 so that it takes no CPU the trainers want; its CPU seconds are reported.
+
+    Args:
+        pid: the root process (None: this one).
+        every_s: sampling interval.
+    """
+
+    def __init__(self, pid: int | None = None, every_s: float = 0.2):
+        super().__init__(pid, every_s)
+        self.peak_pss_tree = 0  # kB
+        self.peak_pss_parts: dict[str, int] = {}  # the PSS lines summed at the peak sample, kB
+        self.peak_pss: dict[int, int] = {}  # pid → peak PSS, kB
+        self.samples = 0
+        self.sampling_cpu_s = 0.0  # this thread's own CPU time: what the measuring costs
+
+    def _run(self) -> None:
+        # The sampler yields to the trainers: on a machine with no spare core, reading smaps_rollup
+        # (a walk of each process's page tables, ~1 ms per process) would otherwise slow them down.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
+        super()._run()
+
+    def _sample(self) -> None:
+        """One pass over the tree: RSS, CPU seconds and names as ``TreeMonitor._sample``, plus PSS."""
+        ps, cpu_start = self._psutil, time.thread_time()
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except ps.Error:
+            return
+        rss_total, parts = 0, dict.fromkeys(PSS_FIELDS, 0)
+        for p in procs:
+            try:
+                with p.oneshot():
+                    rss = p.memory_info().rss
+                    cpu = p.cpu_times()
+                    if p.pid not in self.names or WORKER_MARK not in self.names[p.pid]:
+                        self.names[p.pid] = " ".join(p.cmdline())[:120]
+                        self.nice[p.pid] = p.nice()
+            except ps.Error:  # exited between listing and reading
+                continue
+            rss_total += rss
+            self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+            self.cpu[p.pid] = cpu.user + cpu.system
+            pss = read_pss_kb(p.pid)
+            if pss is None:
+                continue
+            for key, value in pss.items():
+                parts[key] += value
+            self.peak_pss[p.pid] = max(self.peak_pss.get(p.pid, 0), pss["Pss"])
+        self.peak_tree = max(self.peak_tree, rss_total)
+        if parts["Pss"] > self.peak_pss_tree:
+            self.peak_pss_tree, self.peak_pss_parts = parts["Pss"], parts
+        self.samples += 1
+        self.sampling_cpu_s += time.thread_time() - cpu_start
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        mb = 1 / 1024  # kB → MB (MiB, as the RSS figures)
+        out |= {"peak_pss_tree_mb": self.peak_pss_tree * mb,
+                "peak_pss_tree_parts_mb": {k.lower(): v * mb for k, v in self.peak_pss_parts.items()},
+                "monitor_samples": self.samples, "monitor_cpu_s": self.sampling_cpu_s}
+        workers = [pid for pid, name in self.names.items() if WORKER_MARK in name and pid in self.peak_pss]
+        if workers:
+            out["peak_pss_worker_mb"] = max(self.peak_pss[p] for p in workers) * mb
+        top = sorted(self.peak_pss, key=self.peak_pss.get, reverse=True)[:10]
+        out["largest_processes_pss"] = [{"cmd": self.names.get(p, "?"), "peak_pss_mb": self.peak_pss[p] * mb,
+                                         "peak_rss_mb": self.peak.get(p, 0) / 2**20} for p in top]
+        return out
+
 
 
 def _child(target: str, job: Job, result_file: str, log_file: str) -> None:
@@ -290,12 +415,12 @@ def _child(target: str, job: Job, result_file: str, log_file: str) -> None:
 def run_trainer(target: str, job: Job) -> dict[str, Any]:
     """Train in a fresh spawned process while sampling its process tree; the child's result + memory."""
     work = Path(job.workdir)
-    result_file, log_file = work / f"{target}_result.json", work / f"{target}.log"
+    result_file, log_file = work / f"{target}_{job.round}_result.json", work / f"{target}_{job.round}.log"
     load = os.getloadavg()[0]
     proc = mp.get_context("spawn").Process(target=_child, args=(target, job, str(result_file), str(log_file)))
     started = time.perf_counter()
     proc.start()
-    with TreeMonitor(proc.pid) as monitor:
+    with PssTreeMonitor(proc.pid) as monitor:
         proc.join()
     wall = time.perf_counter() - started
     if not result_file.is_file() or not (result := json.loads(result_file.read_text()))["ok"]:
@@ -340,36 +465,88 @@ def _times(run: dict[str, Any]) -> dict[str, float]:
     return {"epoch_s_median": median(times[1:] or times), "train_s_total": run["total_s"], "cpu_s_tree": run["cpu_s_tree"]}
 
 
-def _summarise(name: str, run: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+MEMORY = ("peak_pss_tree_mb", "peak_rss_tree_mb", "peak_pss_worker_mb", "peak_rss_worker_mb")
+
+
+def _memory(run: dict[str, Any]) -> dict[str, float]:
+    """Peak PSS and RSS of a run's process tree and of its training process (pythae: the tree is one process)."""
+    return {"peak_pss_tree_mb": run["peak_pss_tree_mb"], "peak_rss_tree_mb": run["peak_rss_tree_mb"],
+            "peak_pss_worker_mb": run.get("peak_pss_worker_mb", run["peak_pss_tree_mb"]),
+            "peak_rss_worker_mb": run.get("peak_rss_worker_mb", run["peak_rss_tree_mb"])}
+
+
+def _outside(run: dict[str, Any]) -> dict[str, float]:
+    """Seconds outside the training epochs: of the trainer's own training span, and of its whole process."""
+    epochs = sum(row["epoch_time_s"] for row in run["history"])
+    return {"overhead_s": run["total_s"] - epochs, "overhead_process_s": run["process_wall_s"] - epochs}
+
+
+def _summarise(name: str, seed: int, run: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     times = [row["epoch_time_s"] for row in run["history"]]
     out = {
         "trainer": name,
+        "seed": seed,
         "epochs": len(times),
         "best_epoch": run["best_epoch"],
         **_times(run),
-        "overhead_s": run["total_s"] - sum(times),
-        "peak_rss_tree_mb": run["peak_rss_tree_mb"],
-        "peak_rss_worker_mb": run.get("peak_rss_worker_mb", run["peak_rss_tree_mb"]),
+        **_outside(run),
+        **_memory(run),
         "test_neg_elbo": ev["test_neg_elbo"],
         "test_nll_iwae": ev["test_nll_iwae"],
         "test_nll_iwae_sem": ev["test_nll_iwae_sem"],
     }
     extra = {k: run[k] for k in ("mlflow_setup_s", "ray_start_s", "cpu_s_worker", "worker_nice", "process_wall_s",
-                                 "load_avg_1min_before", "processes_seen", "largest_processes") if k in run}
+                                 "load_avg_1min_before", "processes_seen", "peak_pss_tree_parts_mb", "monitor_samples",
+                                 "monitor_cpu_s", "largest_processes_pss", "largest_processes") if k in run}
     return out | extra | {"test_kl": ev["test_kl"], "eval_s": ev["eval_s"], "epoch_times_s": times,
                           "history": run["history"]}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and standard error of the mean of independent observations
+    (NaN for the last two with fewer than two), and the mean in standard errors."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    sem = sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "sem": sem, "mean_over_sem": mean / sem if sem > 0 else math.nan}
+
+
+def seed_summary(per_seed: list[dict[str, Any]], nlls: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """The paired vaeflow − pythae differences over seeds (each seed one observation) and over test images.
+
+    Args:
+        per_seed: one row per seed (``nll_*``, ``neg_elbo_*``).
+        nlls: per seed, each trainer's per-image IWAE NLL on the same test images and random streams.
+    """
+    diffs = torch.stack([n["vaeflow"] - n["pythae"] for n in nlls])  # (seeds, images)
+    per_image = diffs.mean(0)  # (images,): each test image's difference, averaged over the seeds
+    return {
+        "nll_diff": spread([r["nll_diff"] for r in per_seed]),
+        "neg_elbo_diff": spread([r["neg_elbo_diff"] for r in per_seed]),
+        "nll_pythae": spread([r["nll_pythae"] for r in per_seed]),
+        "nll_vaeflow": spread([r["nll_vaeflow"] for r in per_seed]),
+        "neg_elbo_pythae": spread([r["neg_elbo_pythae"] for r in per_seed]),
+        "neg_elbo_vaeflow": spread([r["neg_elbo_vaeflow"] for r in per_seed]),
+        # The test sample's share of the noise: differences averaged over seeds, SE over the images.
+        "nll_diff_sem_images": float(per_image.std() / max(len(per_image), 1) ** 0.5),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds (initial weights, noise, shuffling); each trains both trainers and is "
+                        "scored on its own; default: the preset's seed")
     p.add_argument("--k", type=int, default=1000, help="importance samples of the IWAE NLL")
     p.add_argument("--test-examples", type=int, default=1000, help="test images for the IWAE NLL (−ELBO uses all)")
     p.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset of this many images")
     p.add_argument("--val-size", type=int, default=None, help="validation images (default: the preset's 5,000)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     p.add_argument("--repeats", type=int, default=1,
-                   help="training rounds, the trainers' order alternating; times are paired per round, the last round's models scored")
+                   help="training rounds per seed, the trainers' order alternating over all rounds; times and "
+                        "memory are paired per round, each seed's last round's models scored")
     p.add_argument("--cpus", type=int, default=2, help="torch threads of each trainer (vaeflow: cpus_per_worker)")
     p.add_argument("--workdir", default=None, help="keep data, logs, checkpoints here (default: a temp folder)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/pythae.json)")
@@ -390,72 +567,132 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             *([f"train.batch_size={args.batch_size}"] if args.batch_size else []),
             *([f"data.val_size={args.val_size}"] if args.val_size is not None else []),
         ]
-        config = cfg.load(PRESET, overrides=overrides)
+        config = cfg.load(PRESET, overrides=overrides)  # its seed: the data split, test binarisation, IWAE streams
+        seeds = args.seeds if args.seeds is not None else [config.seed]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--seeds {seeds}: each seed once (use --repeats for more timing rounds)")
         paths = stages.Paths.for_modality(config.modality, work)
         counts = stages.prepare(config, paths, progress=False)
         print(f"data: {counts}; {args.epochs} epochs, batch {config.train.batch_size}, lr {config.train.lr}, "
-              f"latent {config.model.latent_dim}, {args.cpus} threads each; work folder {work}", flush=True)
-        job = Job(config=config.to_dict(), processed=str(paths.processed), workdir=str(work))
-
-        rounds: list[dict[str, dict[str, Any]]] = []
-        for r in range(args.repeats):
-            rounds.append({})
-            for name in ("pythae", "vaeflow") if r % 2 == 0 else ("vaeflow", "pythae"):  # drift falls on both
-                print(f"round {r + 1}/{args.repeats}: training with {name} …", flush=True)
-                run = rounds[-1][name] = run_trainer(name, dataclasses.replace(job, round=r))
-                print(f"  {name}: {run['total_s']:.1f} s, peak tree RSS {run['peak_rss_tree_mb']:.0f} MB", flush=True)
-        runs = rounds[-1]  # each round overwrites the model files: the last round's models are scored
-
+              f"latent {config.model.latent_dim}, {args.cpus} threads each, seeds {seeds}; work folder {work}", flush=True)
         torch.set_num_threads(args.cpus)
         spec = registry.MODALITIES.get_or_raise(config.modality).data.input_spec(paths.processed)
-        rows, nlls = [], {}
-        for name, run in runs.items():
-            print(f"evaluating {name} (IWAE k={args.k} on {args.test_examples} test images) …", flush=True)
-            model = build_model(config.model, spec)
-            model.load_state_dict(torch.load(run["model_file"], weights_only=True))
-            ev = evaluate(model, config, paths.processed, k=args.k, n_iwae=args.test_examples)
-            nlls[name] = ev.pop("nll")
-            rows.append(_summarise(name, run, ev))
 
-    diff = nlls["vaeflow"] - nlls["pythae"]  # paired: same images, same random streams
-    paired = {"nll_vaeflow_minus_pythae": float(diff.mean()),
-              "nll_vaeflow_minus_pythae_sem": float(diff.std() / max(len(diff), 1) ** 0.5)}
-    by = {r["trainer"]: r for r in rows}
-    ratios = {key: by["vaeflow"][key] / by["pythae"][key]
-              for key in ("epoch_s_median", "train_s_total", "cpu_s_tree", "peak_rss_tree_mb", "peak_rss_worker_mb")}
-    # Times from every round, paired within the round (the scored round's own figures are in `results`).
-    per_round = [{key: _times(rd["vaeflow"])[key] / _times(rd["pythae"])[key] for key in TIMED} for rd in rounds]
-    ratios |= {key: median([pr[key] for pr in per_round]) for key in TIMED}
-    table_cols = ("trainer", "epochs", "best_epoch", "epoch_s_median", "train_s_total", "overhead_s", "cpu_s_tree",
-                  "peak_rss_tree_mb", "peak_rss_worker_mb", "test_neg_elbo", "test_nll_iwae", "test_nll_iwae_sem")
-    print_table([{c: r[c] for c in table_cols} for r in rows],
-                f"pythae vs vaeflow: Fashion-MNIST (dynamic binarisation), {args.epochs} epochs, "
-                f"IWAE k={args.k} on {args.test_examples} test images")
-    print_table([{"vaeflow / pythae": k, "ratio": v} for k, v in ratios.items()]
-                + [{"vaeflow / pythae": "NLL difference (nats, paired)",
-                    "ratio": f"{paired['nll_vaeflow_minus_pythae']:+.3f} ± {paired['nll_vaeflow_minus_pythae_sem']:.3f}"}],
-                "ratios")
-    v = by["vaeflow"]
-    print(f"\nvaeflow overhead: MLflow run {v['mlflow_setup_s']:.1f} s, Ray start {v['ray_start_s']:.1f} s; "
-          f"worker peak RSS {v['peak_rss_worker_mb']:.0f} MB of {v['peak_rss_tree_mb']:.0f} MB in the tree "
-          f"({v['processes_seen']} processes), worker niceness {v.get('worker_nice')}")
-    print("differences between the setups:\n  - " + "\n  - ".join(DIFFERENCES))
-    record = {
-        "settings": {"epochs": args.epochs, "repeats": args.repeats, "k": args.k, "test_examples": args.test_examples,
-                     "train_limit": args.train_limit, "batch_size": config.train.batch_size, "lr": config.train.lr,
-                     "latent_dim": config.model.latent_dim, "threads": args.cpus, "n_train": counts["n_train"],
-                     "n_val": counts["n_val"], "n_test": counts["n_test"]},
-        "results": rows,
-        "ratios_vaeflow_over_pythae": ratios,
-        "ratios_per_round": per_round,
-        "rounds_epoch_times_s": [{n: [row["epoch_time_s"] for row in run["history"]] for n, run in rd.items()} for rd in rounds],
-        "paired_nll": paired,
-        "differences": DIFFERENCES,
-    }
-    write_json("pythae", record, args.out)
+        rounds: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        per_seed: list[dict[str, Any]] = []
+        nlls: list[dict[str, torch.Tensor]] = []
+        for seed in seeds:
+            job = Job(config=config.to_dict() | {"seed": seed}, processed=str(paths.processed), workdir=str(work))
+            for _ in range(args.repeats):
+                r = len(rounds)
+                order = ("pythae", "vaeflow") if r % 2 == 0 else ("vaeflow", "pythae")  # drift falls on both
+                rounds.append({"seed": seed, "order": list(order), "runs": {}})
+                for name in order:
+                    print(f"round {r + 1}/{len(seeds) * args.repeats} (seed {seed}): training with {name} …", flush=True)
+                    run = rounds[-1]["runs"][name] = run_trainer(name, dataclasses.replace(job, round=r))
+                    print(f"  {name}: {run['total_s']:.1f} s, peak tree PSS {run['peak_pss_tree_mb']:.0f} MB "
+                          f"(RSS {run['peak_rss_tree_mb']:.0f} MB)", flush=True)
+            runs = rounds[-1]["runs"]  # the seed's last round is scored
+            scored: dict[str, dict[str, Any]] = {}
+            nlls.append({})
+            for name in ("pythae", "vaeflow"):
+                print(f"evaluating {name}, seed {seed} (IWAE k={args.k} on {args.test_examples} test images) …", flush=True)
+                model = build_model(config.model, spec)
+                model.load_state_dict(torch.load(runs[name]["model_file"], weights_only=True))
+                ev = evaluate(model, config, paths.processed, k=args.k, n_iwae=args.test_examples)
+                nlls[-1][name] = ev.pop("nll")
+                scored[name] = _summarise(name, seed, runs[name], ev)
+                rows.append(scored[name])
+            diff = nlls[-1]["vaeflow"] - nlls[-1]["pythae"]  # paired: same images, same random streams
+            v, py = scored["vaeflow"], scored["pythae"]
+            per_seed.append({
+                "seed": seed, "nll_pythae": py["test_nll_iwae"], "nll_vaeflow": v["test_nll_iwae"],
+                "nll_diff": float(diff.mean()), "nll_diff_sem_images": float(diff.std() / max(len(diff), 1) ** 0.5),
+                "neg_elbo_pythae": py["test_neg_elbo"], "neg_elbo_vaeflow": v["test_neg_elbo"],
+                "neg_elbo_diff": v["test_neg_elbo"] - py["test_neg_elbo"],
+                "best_epoch_pythae": py["best_epoch"], "best_epoch_vaeflow": v["best_epoch"],
+            })
+            print(f"  seed {seed}: NLL pythae {py['test_nll_iwae']:.3f}, vaeflow {v['test_nll_iwae']:.3f}, "
+                  f"paired difference {per_seed[-1]['nll_diff']:+.3f} ± {per_seed[-1]['nll_diff_sem_images']:.3f}",
+                  flush=True)
+            done = len(per_seed) == len(seeds)
+            record = _record(args, config, counts, seeds, rows, rounds, per_seed, nlls, complete=done)
+            write_json("pythae", record, args.out)  # after every seed: a long run that dies keeps its finished seeds
+
+    _report(args, record)
     if not all(math.isfinite(r[k]) for r in rows for k in ("test_neg_elbo", "test_nll_iwae")):
         raise SystemExit("a model's test −ELBO or IWAE NLL is not finite; see the JSON")
     return record
+
+
+def _record(args: argparse.Namespace, config: cfg.ExperimentConfig, counts: dict[str, Any], seeds: list[int],
+            rows: list[dict[str, Any]], rounds: list[dict[str, Any]], per_seed: list[dict[str, Any]],
+            nlls: list[dict[str, torch.Tensor]], *, complete: bool) -> dict[str, Any]:
+    """The JSON record of the seeds finished so far."""
+    # Times and memory from every round, paired within the round.
+    keys = (*TIMED, *MEMORY)
+    per_round = []
+    for rd in rounds:
+        v, py = rd["runs"]["vaeflow"], rd["runs"]["pythae"]
+        both = {n: _times(run) | _memory(run) for n, run in rd["runs"].items()}
+        per_round.append({"seed": rd["seed"], "order": rd["order"]}
+                         | {key: both["vaeflow"][key] / both["pythae"][key] for key in keys}
+                         | {f"{key}_{n}": both[n][key] for n in ("pythae", "vaeflow") for key in keys}
+                         | {f"{key}_{n}": _outside(run)[key] for n, run in (("pythae", py), ("vaeflow", v))
+                            for key in ("overhead_s", "overhead_process_s")})
+    finished = [rd for rd in per_round if rd["seed"] in {s["seed"] for s in per_seed}]
+    ratios = {key: median([pr[key] for pr in finished]) for key in keys}
+    summary = seed_summary(per_seed, nlls)
+    paired = {"nll_vaeflow_minus_pythae": summary["nll_diff"]["mean"],
+              "nll_vaeflow_minus_pythae_sem": summary["nll_diff_sem_images"],  # over test images, as before
+              "nll_vaeflow_minus_pythae_sd_seeds": summary["nll_diff"]["sd"],
+              "nll_vaeflow_minus_pythae_sem_seeds": summary["nll_diff"]["sem"]}
+    return {
+        "complete": complete,
+        "settings": {"epochs": args.epochs, "seeds": seeds, "repeats": args.repeats, "k": args.k,
+                     "test_examples": args.test_examples, "train_limit": args.train_limit,
+                     "batch_size": config.train.batch_size, "lr": config.train.lr, "latent_dim": config.model.latent_dim,
+                     "threads": args.cpus, "n_train": counts["n_train"], "n_val": counts["n_val"],
+                     "n_test": counts["n_test"], "data_and_test_seed": config.seed},
+        "memory_method": "peak over samples (every 0.2 s) of the summed 'Pss:' line of /proc/<pid>/smaps_rollup "
+                         "over the trainer's process and all its descendants (psutil children(recursive=True)); "
+                         "peak summed RSS of the same tree kept for comparison",
+        "results": rows,
+        "per_seed": per_seed,
+        "seed_summary": summary,
+        "paired_nll": paired,
+        "ratios_vaeflow_over_pythae": ratios,
+        "ratios_per_round": per_round,
+        "rounds_epoch_times_s": [{n: [row["epoch_time_s"] for row in run["history"]] for n, run in rd["runs"].items()}
+                                 for rd in rounds],
+        "differences": DIFFERENCES,
+    }
+
+
+def _report(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """The tables a reader wants on the terminal; everything else is in the JSON."""
+    rows = record["results"]
+    table_cols = ("trainer", "seed", "epochs", "best_epoch", "epoch_s_median", "train_s_total", "overhead_s",
+                  "cpu_s_tree", "peak_pss_tree_mb", "peak_rss_tree_mb", "peak_pss_worker_mb", "test_neg_elbo",
+                  "test_nll_iwae", "test_nll_iwae_sem")
+    print_table([{c: r[c] for c in table_cols} for r in rows],
+                f"pythae vs vaeflow: Fashion-MNIST (dynamic binarisation), {args.epochs} epochs, "
+                f"IWAE k={args.k} on {args.test_examples} test images")
+    print_table(record["per_seed"], "per seed (differences: vaeflow − pythae, paired on the same test images and streams)")
+    summary = record["seed_summary"]
+    fmt = lambda d: f"{d['mean']:+.3f} (sd {d['sd']:.3f}, se {d['sem']:.3f} over {d['n']} seeds)"  # noqa: E731
+    print(f"\nNLL difference {fmt(summary['nll_diff'])}; over test images se {summary['nll_diff_sem_images']:.3f}\n"
+          f"−ELBO difference {fmt(summary['neg_elbo_diff'])}\n"
+          f"seed-to-seed sd of the NLL: pythae {summary['nll_pythae']['sd']:.3f}, vaeflow {summary['nll_vaeflow']['sd']:.3f}")
+    print_table([{"vaeflow / pythae": k, "ratio (median over rounds)": v}
+                 for k, v in record["ratios_vaeflow_over_pythae"].items()], "ratios")
+    v = next(r for r in reversed(rows) if r["trainer"] == "vaeflow")
+    print(f"\nvaeflow overhead: MLflow run {v['mlflow_setup_s']:.1f} s, Ray start {v['ray_start_s']:.1f} s; "
+          f"worker peak PSS {v['peak_pss_worker_mb']:.0f} MB of {v['peak_pss_tree_mb']:.0f} MB in the tree "
+          f"({v['processes_seen']} processes; summed RSS {v['peak_rss_tree_mb']:.0f} MB), "
+          f"worker niceness {v.get('worker_nice')}")
+    print("differences between the setups:\n  - " + "\n  - ".join(DIFFERENCES))
 
 
 if __name__ == "__main__":

@@ -44,26 +44,53 @@ def test_pythae_wrappers_give_vaeflow_likelihood():
     torch.testing.assert_close(-log_px_z.mean(), recon_pythae, rtol=1e-4, atol=1e-3)
 
 
+def test_read_pss_and_spread():
+    """PSS of a live process is positive and at most its RSS; a gone process reads as None."""
+    import os
+
+    import psutil
+
+    pss = pythae_compare.read_pss_kb(os.getpid())
+    assert pss is not None and 0 < pss["Pss"] * 1024 <= psutil.Process().memory_info().rss
+    assert pythae_compare.read_pss_kb(2**22 + 12345) is None  # above pid_max: no such process
+    s = pythae_compare.spread([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["sd"] == 1.0 and math.isclose(s["sem"], 1 / 3**0.5)
+    assert math.isnan(pythae_compare.spread([1.0])["sd"])
+
+
 @pytest.mark.timeout(300)
 def test_pythae_compare_smoke(tmp_path):
     out = tmp_path / "pythae.json"
     record = pythae_compare.main(["--train-limit", "512", "--epochs", "1", "--k", "5", "--test-examples", "64",
-                                  "--val-size", "512", "--repeats", "2", "--out", str(out)])
+                                  "--val-size", "512", "--seeds", "0", "1", "--out", str(out)])
     saved = json.loads(out.read_text())
-    assert saved["benchmark"] == "pythae"
+    assert saved["benchmark"] == "pythae" and saved["complete"]
     assert saved["results"] == json.loads(json.dumps(record["results"]))
-    rows = {r["trainer"]: r for r in saved["results"]}
-    assert set(rows) == {"pythae", "vaeflow"}
-    for row in rows.values():
-        for key in ("epoch_s_median", "train_s_total", "cpu_s_tree", "peak_rss_tree_mb", "peak_rss_worker_mb",
+    assert [(r["seed"], r["trainer"]) for r in saved["results"]] == [(0, "pythae"), (0, "vaeflow"),
+                                                                     (1, "pythae"), (1, "vaeflow")]
+    for row in saved["results"]:
+        for key in ("epoch_s_median", "train_s_total", "overhead_s", "overhead_process_s", "cpu_s_tree",
+                    "peak_pss_tree_mb", "peak_rss_tree_mb", "peak_pss_worker_mb", "peak_rss_worker_mb",
                     "test_neg_elbo", "test_nll_iwae", "test_nll_iwae_sem"):
             assert math.isfinite(row[key]) and row[key] >= 0, (row["trainer"], key, row[key])
         assert row["epochs"] == 1
-    assert rows["vaeflow"]["peak_rss_worker_mb"] < rows["vaeflow"]["peak_rss_tree_mb"]
-    assert set(saved["ratios_vaeflow_over_pythae"]) >= {"epoch_s_median", "peak_rss_tree_mb"}
-    assert len(saved["ratios_per_round"]) == 2 and all(r["epoch_s_median"] > 0 for r in saved["ratios_per_round"])
+        assert row["peak_pss_tree_mb"] <= row["peak_rss_tree_mb"]  # PSS splits the shared pages
+    for row in (r for r in saved["results"] if r["trainer"] == "vaeflow"):
+        assert row["peak_pss_worker_mb"] < row["peak_pss_tree_mb"]
+        assert row["peak_rss_worker_mb"] < row["peak_rss_tree_mb"]
+    assert set(saved["ratios_vaeflow_over_pythae"]) >= {"epoch_s_median", "peak_pss_tree_mb", "peak_rss_tree_mb"}
+    # One round per seed, the order alternating.
+    rounds = saved["ratios_per_round"]
+    assert [r["seed"] for r in rounds] == [0, 1] and [r["order"][0] for r in rounds] == ["pythae", "vaeflow"]
+    assert all(r["epoch_s_median"] > 0 and r["peak_pss_tree_mb"] > 0 for r in rounds)
     # Every round trains anew (a resumed vaeflow run would replay the first round's epoch times).
     times = [rd["vaeflow"] for rd in saved["rounds_epoch_times_s"]]
     assert len(times) == 2 and times[0] != times[1]
+    assert [r["seed"] for r in saved["per_seed"]] == [0, 1]
+    for row in saved["per_seed"]:
+        assert math.isclose(row["neg_elbo_diff"], row["neg_elbo_vaeflow"] - row["neg_elbo_pythae"], rel_tol=1e-9)
+    summary = saved["seed_summary"]
+    assert summary["nll_diff"]["n"] == 2 and math.isfinite(summary["nll_diff"]["sd"])
+    assert math.isclose(summary["nll_diff"]["mean"], sum(r["nll_diff"] for r in saved["per_seed"]) / 2, rel_tol=1e-6)
     assert math.isfinite(saved["paired_nll"]["nll_vaeflow_minus_pythae"])
-    assert saved["settings"]["n_train"] == 512 and saved["differences"]
+    assert saved["settings"]["n_train"] == 512 and saved["settings"]["seeds"] == [0, 1] and saved["differences"]
