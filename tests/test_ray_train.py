@@ -215,3 +215,29 @@ def test_a_time_limit_stops_both_workers_at_one_epoch_and_the_same_command_conti
     c = tracking.client(config.tracking)
     steps = [m.step for m in c.get_metric_history(run["mlflow_run_id"], "val_neg_elbo")]
     assert sorted(steps) == [1, 2]  # each epoch logged once, across the two starts
+
+
+def test_a_private_cluster_trains_without_the_helper_actors_it_cannot_use(ray_cluster):
+    """init_ray's private cluster leaves out Ray Train's placement-group cleaner, dataset manager and
+    autoscaler requests (processes a cluster that dies with its driver has no use for). Ray's own
+    default list must still hold the callbacks filtered, or the filter would silently do nothing
+    after a Ray upgrade that renamed them."""
+    import ray.train
+    import ray.train.torch
+
+    from vaeflow.training import ray as vray
+
+    assert vray._trainer_class() is vray._PrivateClusterTrainer
+
+    def build(cls):
+        return cls(lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1))
+
+    names = lambda callbacks: {type(c).__name__ for c in callbacks}  # noqa: E731
+    ray_default = names(build(ray.train.torch.TorchTrainer)._create_default_callbacks())
+    lean = names(build(vray._PrivateClusterTrainer)._create_default_callbacks())
+    assert set(vray._PrivateClusterTrainer._UNUSED_CALLBACKS) <= ray_default
+    assert not set(vray._PrivateClusterTrainer._UNUSED_CALLBACKS) & lean
+    assert "BackendSetupCallback" in lean and "UserCallbackHandler" in lean  # Ray Train's own still run
+    policy = vray._FixedScalingWithoutAutoscaler(ray.train.ScalingConfig(num_workers=1))
+    policy.after_controller_start(None)
+    policy.make_decision_for_non_running_worker_group()  # no coordinator client needed
