@@ -4,7 +4,9 @@ The driver puts the processed splits into Ray's object store (so workers on othe
 shared file system for data), builds the ``TorchTrainer`` and returns the best and latest
 checkpoints. Each worker runs ``_train_worker``: the plain-torch epochs of ``vaeflow.training.loop``
 inside DDP, with rank 0 alone printing and writing checkpoints. Epoch metrics reach MLflow from
-the Ray Train controller as it commits each report (``_EpochMetricsToMlflow``).
+the Ray Train controller as it commits each report (``vaeflow.training.epoch_log``). Nothing here
+imports MLflow: the workers unpickle ``_train_worker`` from this module and have no use for it
+(importing it costs a worker ~1–2 s of start-up and ~60 MB).
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader, DistributedSampler
 
-from vaeflow import registry, tracking
+from vaeflow import registry
 from vaeflow.config import ExperimentConfig, from_dict
 from vaeflow.modalities.base import TrainingMonitor
 from vaeflow.models import families
@@ -34,7 +35,6 @@ from vaeflow.models.families import Family, FamilyOptimizer, unwrap
 from vaeflow.models.families.vae import VAEFamily
 from vaeflow.training import checkpoint
 from vaeflow.training.batching import train_loader as make_train_loader
-from vaeflow.training.checkpoint import load as load_checkpoint  # `checkpoint` is also a callback argument
 from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
 
 log = logging.getLogger(__name__)
@@ -324,76 +324,6 @@ def _out_of_time(limit_minutes: float | None, elapsed_s: float, device: torch.de
     return bool(spent.item())
 
 
-class _EpochMetricsToMlflow(ray.train.UserCallback):
-    """Logs each epoch's metrics to the job's MLflow run from the Ray Train controller.
-
-    The controller calls ``after_report`` once it has committed a report (and registered its
-    checkpoint), so an epoch lost to a worker failure before that point is redone and logged once
-    afterwards. Steps already in the run are not logged again; steps missing from it (a driver
-    killed between committing a checkpoint and logging its epoch) are filled in from the history
-    in the first checkpoint this job sees.
-
-    The controller never waits for the tracking server: epochs it cannot send stay pending, in order,
-    and go out at the next report once the server answers (after re-reading which steps reached the
-    run, since a batch may have landed before the connection broke). Unreachable for longer than
-    ``limit_s``, it stops the job with :class:`tracking.TrackingUnavailable`; what the run still
-    lacks at the end of a job the driver fills in (``tracking.log_missing_epochs``).
-    """
-
-    def __init__(self, tracking_uri: str, run_id: str, score: str, limit_s: float, checkpoints: str):
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
-        self.score = score  # a metric every epoch row holds
-        self.limit_s = limit_s
-        self.checkpoints = checkpoints
-        self._logged: set[int] | None = None  # steps in the run; None: read them (again) first
-        self._seeded = False
-        self._pending: list[dict[str, Any]] = []
-        self._down_since: float | None = None
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if not self._seeded and checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                self._pending.extend(load_checkpoint(d)["history"])
-        self._seeded = True
-        row = metrics[0]  # every rank reports the same all-reduced row
-        if not row.get("partial"):  # a mid-epoch checkpoint: the epoch's metrics come at its end
-            self._pending.append(row)
-        tracking.fail_fast_http()
-        try:
-            self._send(MlflowClient(tracking_uri=self.tracking_uri))
-        except Exception as exc:
-            if not tracking.unreachable(exc):
-                raise
-            self._logged = None
-            now = time.monotonic()
-            self._down_since = self._down_since or now
-            if now - self._down_since > self.limit_s:
-                raise tracking.TrackingUnavailable(
-                    f"MLflow at {self.tracking_uri} unreachable for {now - self._down_since:.0f} s during training "
-                    f"(tracking.outage_limit_s = {self.limit_s:g}); checkpoints are in {self.checkpoints}: start the "
-                    f"server again, then rerun the same command to resume into run {self.run_id}"
-                ) from None
-            log.warning("MLflow at %s unreachable; %d epoch(s) kept to send at the next report",
-                        self.tracking_uri, len(self._pending))
-            return
-        if self._down_since is not None:
-            log.warning("MLflow at %s answers again after %.0f s; the kept epochs are sent",
-                        self.tracking_uri, time.monotonic() - self._down_since)
-        self._down_since = None
-
-    def _send(self, client: MlflowClient) -> None:
-        if self._logged is None:
-            self._logged = tracking.logged_steps(client, self.run_id, self.score)
-        while self._pending:
-            row = self._pending[0]
-            step = int(row["epoch"])
-            if step not in self._logged:
-                tracking.log_metrics(client, self.run_id, {k: v for k, v in row.items() if k != "epoch"}, step=step)
-                self._logged.add(step)
-            self._pending.pop(0)
-
-
 def _root_cause(exc: BaseException) -> BaseException:
     """The user-facing exception behind Ray's wrappers (worker failures, task errors)."""
     failures = getattr(exc, "worker_failures", None)
@@ -433,6 +363,9 @@ def fit(
     Raises:
         TrainingError: with the cause in one line (e.g. a NaN loss, naming epoch and step).
     """
+    from vaeflow import tracking  # the driver's; see the module docstring
+    from vaeflow.training.epoch_log import EpochMetricsToMlflow
+
     init_ray()
     modality = registry.MODALITIES.get_or_raise(config.modality).data
     family_module = families.module_of(config.model.family)
@@ -467,8 +400,8 @@ def fit(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=score, checkpoint_score_order="min"
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=[_EpochMetricsToMlflow(tracking.tracking_uri(config.tracking), run_id, score,
-                                             config.tracking.outage_limit_s, str(storage / run_name))],
+            callbacks=[EpochMetricsToMlflow(tracking.tracking_uri(config.tracking), run_id, score,
+                                            config.tracking.outage_limit_s, str(storage / run_name))],
             # Ray Train logs every report with its metrics at INFO; rank 0 prints one line per epoch instead.
             logging_config=ray.LoggingConfig(log_level="WARNING"),
         ),
