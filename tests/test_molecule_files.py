@@ -233,6 +233,24 @@ def test_reference_statistics_of_your_test_split_and_novelty_against_your_train(
     assert mol.novelty_set(config, tmp_path / "out") == frozenset(splits["train"])
 
 
+def test_reference_statistics_parsed_in_chunks_equal_metrics_whole():
+    """prepare's reference statistics parse the test molecules a chunk at a time (bounded memory);
+    the result is metrics.reference_statistics's, key order included, for any chunk size."""
+    from vaeflow.modalities.molecule import metrics as M
+
+    smiles = canon(SMILES)
+    whole = M.reference_statistics(smiles)
+    for chunk_size in (7, len(smiles)):
+        chunked = mol.reference_statistics(smiles, chunk_size=chunk_size)
+        assert list(chunked) == list(whole)
+        assert np.array_equal(chunked["SNN"]["fps"], whole["SNN"]["fps"])
+        for key, field in (("Frag", "frag"), ("Scaf", "scaf")):
+            assert chunked[key][field] == whole[key][field] and list(chunked[key][field]) == list(whole[key][field])
+        assert np.array_equal(chunked["FCD"]["mu"], whole["FCD"]["mu"])
+        assert np.array_equal(chunked["FCD"]["sigma"], whole["FCD"]["sigma"])
+        assert all(chunked[k]["values"] == whole[k]["values"] for k in ("logP", "SA", "QED", "weight"))
+
+
 # About 30–60 s (Ray fits, sample, evaluate, optimize): -m slow, so the default suite stays within
 # 10 minutes on 2 cores.
 @pytest.mark.slow
