@@ -9,7 +9,8 @@ property column, the test split's reference statistics) and on MOSES itself with
 (``limit_train`` 0.8 N, ``val_size`` 0.1 N, ``limit_test`` 0.05 N for each of test and scaffold
 test), each in a fresh process. Reports throughput (molecules read per second of wall time) and the
 peak PSS of the process tree (the stage plus its featurising pool, sampled every 0.5 s with psutil;
-PSS counts pages shared by the forked workers once), and their ratios.
+PSS counts pages shared by the forked workers once), the 1-minute load average during each run
+(min, mean, max), and their ratios.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import csv
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,12 +53,14 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
     proc = subprocess.Popen([sys.executable, "-m", "vaeflow.cli", "prepare", "--modality", "molecule",
                              "--root", str(root), "--no-progress", *argv], stdout=subprocess.PIPE, cwd=ROOT)
     peak = 0.0
+    loads: list[float] = []  # the 1-minute load average at each sample (the cores are shared)
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         top = psutil.Process(proc.pid)
         while not done.is_set():
+            loads.append(os.getloadavg()[0])
             try:
                 procs = [top, *top.children(recursive=True)]
                 total = 0
@@ -80,7 +84,8 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
     if proc.returncode:
         raise SystemExit(f"prepare failed ({proc.returncode}): {' '.join(argv)}")
     counts = json.loads(out)
-    return {"wall_s": wall, "peak_pss_mb": peak, "counts": counts}
+    return {"wall_s": wall, "peak_pss_mb": peak, "counts": counts,
+            "load_avg": [round(min(loads), 2), round(sum(loads) / len(loads), 2), round(max(loads), 2)] if loads else None}
 
 
 def main() -> None:
@@ -106,7 +111,8 @@ def main() -> None:
         read = kept + c["rejected"] + c.get("duplicates", 0)
         rows.append({"path": name, "molecules": read, "kept": kept, "wall_s": round(r["wall_s"], 1),
                      "mol_per_s": round(read / r["wall_s"], 1), "peak_pss_mb": round(r["peak_pss_mb"], 1),
-                     "pss_kb_per_mol": round(1024 * r["peak_pss_mb"] / read, 2)})
+                     "pss_kb_per_mol": round(1024 * r["peak_pss_mb"] / read, 2),
+                     "load_avg_min_mean_max": r["load_avg"]})
     ratio = {"throughput_files_over_moses": rows[0]["mol_per_s"] / rows[1]["mol_per_s"],
              "peak_pss_files_over_moses": rows[0]["peak_pss_mb"] / rows[1]["peak_pss_mb"]}
     print_table(rows, f"prepare, {n:,} molecules: your file vs the MOSES path")
