@@ -512,15 +512,19 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"n": n, "mean": mean, "sd": sd, "sem": sem, "mean_over_sem": mean / sem if sem > 0 else math.nan}
 
 
-def seed_summary(per_seed: list[dict[str, Any]], nlls: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+def seed_summary(per_seed: list[dict[str, Any]], nlls: list[dict[str, torch.Tensor]] | None) -> dict[str, Any]:
     """The paired vaeflow − pythae differences over seeds (each seed one observation) and over test images.
 
     Args:
         per_seed: one row per seed (``nll_*``, ``neg_elbo_*``).
-        nlls: per seed, each trainer's per-image IWAE NLL on the same test images and random streams.
+        nlls: per seed, each trainer's per-image IWAE NLL on the same test images and random streams
+            (None: not known; the standard error over images is then None).
     """
-    diffs = torch.stack([n["vaeflow"] - n["pythae"] for n in nlls])  # (seeds, images)
-    per_image = diffs.mean(0)  # (images,): each test image's difference, averaged over the seeds
+    per_image_sem = None  # unknown where a combined record lacks a seed's per-image NLLs
+    if nlls is not None:
+        diffs = torch.stack([n["vaeflow"] - n["pythae"] for n in nlls])  # (seeds, images)
+        per_image = diffs.mean(0)  # (images,): each test image's difference, averaged over the seeds
+        per_image_sem = float(per_image.std() / max(len(per_image), 1) ** 0.5)
     return {
         "nll_diff": spread([r["nll_diff"] for r in per_seed]),
         "neg_elbo_diff": spread([r["neg_elbo_diff"] for r in per_seed]),
@@ -529,7 +533,7 @@ def seed_summary(per_seed: list[dict[str, Any]], nlls: list[dict[str, torch.Tens
         "neg_elbo_pythae": spread([r["neg_elbo_pythae"] for r in per_seed]),
         "neg_elbo_vaeflow": spread([r["neg_elbo_vaeflow"] for r in per_seed]),
         # The test sample's share of the noise: differences averaged over seeds, SE over the images.
-        "nll_diff_sem_images": float(per_image.std() / max(len(per_image), 1) ** 0.5),
+        "nll_diff_sem_images": per_image_sem,
     }
 
 
@@ -550,7 +554,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cpus", type=int, default=2, help="torch threads of each trainer (vaeflow: cpus_per_worker)")
     p.add_argument("--workdir", default=None, help="keep data, logs, checkpoints here (default: a temp folder)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/pythae.json)")
+    p.add_argument("--combine", nargs="+", metavar="JSON", default=None,
+                   help="train nothing: combine these records (runs of different seeds) into --out")
     args = p.parse_args(argv)
+    if args.combine:
+        record = combine(args.combine, args.out)
+        _report(record)
+        return record
     if importlib.util.find_spec("pythae") is None:
         raise SystemExit(MISSING)
 
@@ -620,7 +630,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             record = _record(args, config, counts, seeds, rows, rounds, per_seed, nlls, complete=done)
             write_json("pythae", record, args.out)  # after every seed: a long run that dies keeps its finished seeds
 
-    _report(args, record)
+    _report(record)
     if not all(math.isfinite(r[k]) for r in rows for k in ("test_neg_elbo", "test_nll_iwae")):
         raise SystemExit("a model's test −ELBO or IWAE NLL is not finite; see the JSON")
     return record
@@ -642,12 +652,7 @@ def _record(args: argparse.Namespace, config: cfg.ExperimentConfig, counts: dict
                          | {f"{key}_{n}": _outside(run)[key] for n, run in (("pythae", py), ("vaeflow", v))
                             for key in ("overhead_s", "overhead_process_s")})
     finished = [rd for rd in per_round if rd["seed"] in {s["seed"] for s in per_seed}]
-    ratios = {key: median([pr[key] for pr in finished]) for key in keys}
     summary = seed_summary(per_seed, nlls)
-    paired = {"nll_vaeflow_minus_pythae": summary["nll_diff"]["mean"],
-              "nll_vaeflow_minus_pythae_sem": summary["nll_diff_sem_images"],  # over test images, as before
-              "nll_vaeflow_minus_pythae_sd_seeds": summary["nll_diff"]["sd"],
-              "nll_vaeflow_minus_pythae_sem_seeds": summary["nll_diff"]["sem"]}
     return {
         "complete": complete,
         "settings": {"epochs": args.epochs, "seeds": seeds, "repeats": args.repeats, "k": args.k,
@@ -661,28 +666,90 @@ def _record(args: argparse.Namespace, config: cfg.ExperimentConfig, counts: dict
         "results": rows,
         "per_seed": per_seed,
         "seed_summary": summary,
-        "paired_nll": paired,
-        "ratios_vaeflow_over_pythae": ratios,
+        "paired_nll": _paired(summary),
+        "ratios_vaeflow_over_pythae": _median_ratios(finished),
         "ratios_per_round": per_round,
         "rounds_epoch_times_s": [{n: [row["epoch_time_s"] for row in run["history"]] for n, run in rd["runs"].items()}
                                  for rd in rounds],
         "differences": DIFFERENCES,
+        # Each seed's per-image IWAE NLLs (test images in order), so that records can be combined.
+        "per_image_nll": {str(row["seed"]): {n: [round(float(v), 4) for v in t] for n, t in nll.items()}
+                          for row, nll in zip(per_seed, nlls)},
     }
 
 
-def _report(args: argparse.Namespace, record: dict[str, Any]) -> None:
+def _median_ratios(per_round: list[dict[str, Any]]) -> dict[str, float]:
+    return {key: median([pr[key] for pr in per_round]) for key in (*TIMED, *MEMORY)}
+
+
+def _paired(summary: dict[str, Any]) -> dict[str, Any]:
+    """The headline NLL difference, vaeflow − pythae (mean over seeds) and its standard errors."""
+    return {"nll_vaeflow_minus_pythae": summary["nll_diff"]["mean"],
+            "nll_vaeflow_minus_pythae_sem": summary["nll_diff_sem_images"],  # over test images, as before
+            "nll_vaeflow_minus_pythae_sd_seeds": summary["nll_diff"]["sd"],
+            "nll_vaeflow_minus_pythae_sem_seeds": summary["nll_diff"]["sem"]}
+
+
+def combine(files: list[str], out: str | None) -> dict[str, Any]:
+    """One record from several runs' JSON records with different seeds (e.g. seeds run side by side).
+
+    Per-seed figures are copied; the statistics over seeds and the median ratios over rounds are
+    recomputed. The time ratios of runs that shared the machine with each other mean nothing; the NLL,
+    −ELBO and memory figures do not depend on it.
+    """
+    records = [json.loads(Path(f).read_text()) for f in files]
+    per_seed = [row for r in records for row in r["per_seed"]]
+    seeds = [row["seed"] for row in per_seed]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--combine: seed(s) {sorted({s for s in seeds if seeds.count(s) > 1})} appear in more than "
+                         "one record; combine records of different seeds")
+    tests = {(r["settings"]["k"], r["settings"]["test_examples"], r["settings"]["epochs"],
+              r["settings"].get("data_and_test_seed", 0)) for r in records}
+    if len(tests) != 1:
+        raise SystemExit(f"--combine: the records differ in (k, test examples, epochs, test seed): {sorted(tests)}")
+    have = all("per_image_nll" in r for r in records)
+    nlls = [{n: torch.tensor(v) for n, v in r["per_image_nll"][str(row["seed"])].items()}
+            for r in records for row in r["per_seed"]] if have else None
+    summary = seed_summary(per_seed, nlls)
+    rounds = [rd for r in records for rd in r["ratios_per_round"]]
+    first = records[0]
+    record = {
+        "complete": all(r.get("complete", False) for r in records),
+        "settings": first["settings"] | {"seeds": seeds,
+                                         "threads_per_seed": {str(row["seed"]): r["settings"]["threads"]
+                                                              for r in records for row in r["per_seed"]}},
+        "memory_method": first["memory_method"],
+        "combined_from": [{"file": str(f), "machine": r["machine"], "settings": r["settings"],
+                           "complete": r.get("complete")} for f, r in zip(files, records)],
+        "results": [row for r in records for row in r["results"]],
+        "per_seed": per_seed,
+        "seed_summary": summary,
+        "paired_nll": _paired(summary),
+        "ratios_vaeflow_over_pythae": _median_ratios(rounds),
+        "ratios_per_round": rounds,
+        "rounds_epoch_times_s": [rd for r in records for rd in r["rounds_epoch_times_s"]],
+        "differences": first["differences"],
+        **({"per_image_nll": {k: v for r in records for k, v in r["per_image_nll"].items()}} if have else {}),
+    }
+    write_json("pythae", record, out)
+    return record
+
+
+def _report(record: dict[str, Any]) -> None:
     """The tables a reader wants on the terminal; everything else is in the JSON."""
-    rows = record["results"]
+    rows, st = record["results"], record["settings"]
     table_cols = ("trainer", "seed", "epochs", "best_epoch", "epoch_s_median", "train_s_total", "overhead_s",
                   "cpu_s_tree", "peak_pss_tree_mb", "peak_rss_tree_mb", "peak_pss_worker_mb", "test_neg_elbo",
                   "test_nll_iwae", "test_nll_iwae_sem")
     print_table([{c: r[c] for c in table_cols} for r in rows],
-                f"pythae vs vaeflow: Fashion-MNIST (dynamic binarisation), {args.epochs} epochs, "
-                f"IWAE k={args.k} on {args.test_examples} test images")
+                f"pythae vs vaeflow: Fashion-MNIST (dynamic binarisation), {st['epochs']} epochs, "
+                f"IWAE k={st['k']} on {st['test_examples']} test images")
     print_table(record["per_seed"], "per seed (differences: vaeflow − pythae, paired on the same test images and streams)")
     summary = record["seed_summary"]
     fmt = lambda d: f"{d['mean']:+.3f} (sd {d['sd']:.3f}, se {d['sem']:.3f} over {d['n']} seeds)"  # noqa: E731
-    print(f"\nNLL difference {fmt(summary['nll_diff'])}; over test images se {summary['nll_diff_sem_images']:.3f}\n"
+    sem_images = summary["nll_diff_sem_images"]
+    print(f"\nNLL difference {fmt(summary['nll_diff'])}; over test images se "
+          f"{'unknown' if sem_images is None else f'{sem_images:.3f}'}\n"
           f"−ELBO difference {fmt(summary['neg_elbo_diff'])}\n"
           f"seed-to-seed sd of the NLL: pythae {summary['nll_pythae']['sd']:.3f}, vaeflow {summary['nll_vaeflow']['sd']:.3f}")
     print_table([{"vaeflow / pythae": k, "ratio (median over rounds)": v}
