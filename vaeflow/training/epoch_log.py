@@ -1,7 +1,8 @@
 """Epoch metrics to the job's MLflow run, from the Ray Train controller (a Ray Train callback).
 
 Kept apart from ``vaeflow.training.ray`` so that only the controller and the driver import MLflow,
-never the training workers.
+never the training workers; and the controller imports it at the first report, not when it starts
+(unpickling this callback is part of the controller's start, which the workers' start waits on).
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import time
 from typing import Any
 
 import ray.train
-from mlflow.tracking import MlflowClient
 
-from vaeflow import tracking
 from vaeflow.training.checkpoint import load as load_checkpoint  # `checkpoint` is also a callback argument
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,10 @@ class EpochMetricsToMlflow(ray.train.UserCallback):
         row = metrics[0]  # every rank reports the same all-reduced row
         if not row.get("partial"):  # a mid-epoch checkpoint: the epoch's metrics come at its end
             self._pending.append(row)
+        from mlflow.tracking import MlflowClient
+
+        from vaeflow import tracking  # imports MLflow (see the module docstring)
+
         tracking.fail_fast_http()
         try:
             self._send(MlflowClient(tracking_uri=self.tracking_uri))
@@ -77,7 +80,9 @@ class EpochMetricsToMlflow(ray.train.UserCallback):
                         self.tracking_uri, time.monotonic() - self._down_since)
         self._down_since = None
 
-    def _send(self, client: MlflowClient) -> None:
+    def _send(self, client: Any) -> None:
+        from vaeflow import tracking
+
         if self._logged is None:
             self._logged = tracking.logged_steps(client, self.run_id, self.score)
         while self._pending:
