@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -226,7 +227,7 @@ def _check_split_fills_a_batch(config: ExperimentConfig, n_train: int) -> None:
 def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from vaeflow import plots
     from vaeflow.models import families
-    from vaeflow.training.ray import TrainingError, fit
+    from vaeflow.training.ray import TrainingError, fit, init_ray
 
     modality = _modality(config)
     if not paths.processed.is_dir():
@@ -237,12 +238,24 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
     family = families.get(config.model.family)
     score = family.score
     tracking.check_access(config.tracking)  # a 401/403 stops here, before Ray starts
-    tags = tracking.lineage_tags(config, paths.processed)
-    submission = os.environ.get(SUBMISSION_ENV)
-    if submission:
-        tags["ray.submission_id"] = submission
-    monitor = modality.task.training_monitor(config, paths)  # before the run opens: a missing classifier fails here
-    run_name, run_id = _resume_or_start(config, tags)
+
+    def open_run() -> tuple[dict[str, str], Any, str, str]:
+        tags = tracking.lineage_tags(config, paths.processed)
+        submission = os.environ.get(SUBMISSION_ENV)
+        if submission:
+            tags["ray.submission_id"] = submission
+        monitor = modality.task.training_monitor(config, paths)  # before the run opens: a missing classifier fails here
+        return tags, monitor, *_resume_or_start(config, tags)
+
+    # The run opens (data hashes, the git commit, the MLflow store) on another thread while the Ray
+    # cluster starts on this one (its processes end with the thread that started them): seconds of
+    # start-up each, independent of each other.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(open_run)
+        try:
+            init_ray()
+        finally:
+            tags, monitor, run_name, run_id = opening.result()
     log.info("MLflow run %s (experiment %s, Ray run %s)", run_id, config.tracking.experiment, run_name)
     try:
         result = fit(config, paths.processed, run_name=run_name, run_id=run_id, progress=progress, monitor=monitor)
