@@ -162,3 +162,14 @@ def test_a_bucketed_epoch_resumes_exactly(mol_data, tmp_path):
     model = build_model(config.model, m.input_spec(processed))
     loader, _ = train_loader(m.load(processed, "train"), m, config, per_worker=32, world=1, rank=0)
     _resume_from_step_3_matches_uninterrupted(model, loader, m, config)
+
+
+def test_length_buckets_on_data_without_lengths_stop_the_train_stage_in_one_line(project):
+    """Fashion-MNIST images are all one size: asking for length buckets there is a mistake, said
+    before any Ray worker starts, not silently trained as plain shuffling."""
+    from vaeflow import stages
+    from vaeflow.config import ConfigError
+
+    config = tiny_config(project, "train.length_buckets=2")
+    with pytest.raises(ConfigError, match=r"image examples have none.*train\.length_buckets=0"):
+        stages.train(config, stages.Paths.for_modality("image", project), progress=False)

@@ -234,7 +234,11 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         raise FileNotFoundError(f"{paths.processed} not found; run the prepare stage first "
                                 f"(dvc repro prepare@{config.modality}, or vaeflow prepare --modality {config.modality})")
     _check_model_builds(config, modality, paths.processed)  # before hashing the data: a mistake fails at once
-    _check_split_fills_a_batch(config, len(modality.data.load(paths.processed, "train")))
+    train_split = modality.data.load(paths.processed, "train")
+    _check_split_fills_a_batch(config, len(train_split))
+    if config.train.length_buckets and modality.data.lengths(train_split) is None:
+        raise ConfigError(f"train.length_buckets groups examples of similar length, and the {config.modality} "
+                          "examples have none (all are the same size); set train.length_buckets=0")
     family = families.get(config.model.family)
     score = family.score
     tracking.check_access(config.tracking)  # a 401/403 stops here, before Ray starts
