@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -70,9 +71,9 @@ class FitResult:
     run_dir: Path
 
 
-# Whether this process started the cluster it trains on (``init_ray`` without ``RAY_ADDRESS``): a
-# private cluster lives and dies with this driver, which lets a job leave out the parts of Ray
-# Train that exist for shared, long-lived clusters (see ``_trainer_class``).
+# Whether this process started a lean private cluster (``init_ray`` without ``RAY_ADDRESS``): a private
+# cluster lives and dies with this driver, which lets a job leave out the parts of Ray Train that
+# exist for shared, long-lived clusters (see ``_trainer_class``).
 _private_cluster = False
 
 
@@ -84,6 +85,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     dashboard (nothing reads it; ``ray start`` clusters keep theirs for the UI and job submission),
     no Prometheus metrics, no idle workers started ahead of need, its workers at normal priority.
     On 2 cores each of those processes takes CPU from the training threads and ~100 MB of memory.
+    ``VAEFLOW_RAY_LEAN=0`` starts it with all of Ray's parts instead (for comparison, or should a
+    Ray version need them; ``bench/ray_footprint.py`` measures the two side by side).
     """
     global _private_cluster
     if ray.is_initialized():
@@ -101,12 +104,23 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Ray Train starts an actor per job that polls for node preemption (spot instances); a private
     # cluster is this machine alone, so that is one more process start per job for nothing.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    # Ray Train's Prometheus gauges are read through the dashboard, which a private cluster lacks.
-    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+    _private_cluster = os.environ.get("VAEFLOW_RAY_LEAN", "1") != "0"
     # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False})
-    _private_cluster = True
+    if _private_cluster:
+        # Ray Train's Prometheus gauges are read through the dashboard, which a private cluster lacks.
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False})
+        return
+    # All of Ray's parts. Ray Train's placement-group cleaner polls Ray's state API from inside the
+    # cluster, which finds its cluster through /tmp/ray/ray_current_cluster unless told: a `ray start`
+    # head that ended without `ray stop` leaves a dead address there, and every job would wait out a
+    # 12 s timeout at shutdown. This job's tasks and actors are told their own cluster's dashboard.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
 
 
 class _PrivateClusterTrainer(ray.train.torch.TorchTrainer):
