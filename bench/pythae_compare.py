@@ -64,6 +64,12 @@ standard error over test images of the per-image difference averaged over the se
     python bench/pythae_compare.py --epochs 3 --k 1000 --test-examples 500 --repeats 3
     python bench/pythae_compare.py --epochs 10 --seeds 0 1 2 --k 1000 --test-examples 500   # ~40–60 min
 
+On a machine that other jobs load (more runnable threads than cores), two torch threads per trainer
+stall each other (a step took 1.6–2 s instead of 0.7 s with one thread): there, run the seeds side by
+side with ``--cpus 1``, one ``--seeds S --out seedS.json`` each, and join them with
+``--combine seed0.json seed1.json seed2.json --out …`` (per-seed figures copied, statistics over seeds
+recomputed); their times then mean nothing, their NLL, −ELBO and memory still do.
+
 Known differences between the two setups (also written to the JSON):
   * Dynamic binarisation: vaeflow draws fresh Bernoulli pixels per batch; pythae's trainer takes a
     Dataset, so it gets a custom ``BaseDataset`` that keeps uint8 images and draws fresh pixels per

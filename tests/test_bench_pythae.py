@@ -94,3 +94,23 @@ def test_pythae_compare_smoke(tmp_path):
     assert math.isclose(summary["nll_diff"]["mean"], sum(r["nll_diff"] for r in saved["per_seed"]) / 2, rel_tol=1e-6)
     assert math.isfinite(saved["paired_nll"]["nll_vaeflow_minus_pythae"])
     assert saved["settings"]["n_train"] == 512 and saved["settings"]["seeds"] == [0, 1] and saved["differences"]
+    assert {k: len(v["vaeflow"]) for k, v in saved["per_image_nll"].items()} == {"0": 64, "1": 64}
+
+    # The same record split by seed and combined again gives the same statistics over seeds.
+    parts = []
+    for i, seed in enumerate((0, 1)):
+        part = dict(saved, per_seed=[saved["per_seed"][i]], results=saved["results"][2 * i:2 * i + 2],
+                    ratios_per_round=[saved["ratios_per_round"][i]],
+                    rounds_epoch_times_s=[saved["rounds_epoch_times_s"][i]],
+                    per_image_nll={str(seed): saved["per_image_nll"][str(seed)]},
+                    settings=saved["settings"] | {"seeds": [seed]})
+        parts.append(tmp_path / f"seed{seed}.json")
+        parts[-1].write_text(json.dumps(part))
+    combined = pythae_compare.main(["--combine", *map(str, parts), "--out", str(tmp_path / "combined.json")])
+    assert combined["settings"]["seeds"] == [0, 1] and combined["per_seed"] == saved["per_seed"]
+    for key in ("nll_diff", "neg_elbo_diff"):
+        assert combined["seed_summary"][key] == pytest.approx(saved["seed_summary"][key])
+    assert combined["seed_summary"]["nll_diff_sem_images"] == pytest.approx(saved["seed_summary"]["nll_diff_sem_images"],
+                                                                             rel=1e-4)
+    with pytest.raises(SystemExit, match="more than one record"):
+        pythae_compare.main(["--combine", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "twice.json")])
