@@ -233,15 +233,15 @@ def test_reference_statistics_of_your_test_split_and_novelty_against_your_train(
     assert mol.novelty_set(config, tmp_path / "out") == frozenset(splits["train"])
 
 
-def test_reference_statistics_parsed_in_chunks_equal_metrics_whole():
-    """prepare's reference statistics parse the test molecules a chunk at a time (bounded memory);
-    the result is metrics.reference_statistics's, key order included, for any chunk size."""
+def test_reference_statistics_are_the_same_whatever_the_chunk_of_parsed_molecules():
+    """The reference statistics parse the test molecules a chunk at a time (bounded memory); the
+    result is the one of parsing all at once, key order included, for any chunk size."""
     from vaeflow.modalities.molecule import metrics as M
 
     smiles = canon(SMILES)
-    whole = M.reference_statistics(smiles)
-    for chunk_size in (7, len(smiles)):
-        chunked = mol.reference_statistics(smiles, chunk_size=chunk_size)
+    whole = M.reference_statistics(smiles, chunk_size=len(smiles))
+    for chunk_size in (1, 7):
+        chunked = M.reference_statistics(smiles, chunk_size=chunk_size)
         assert list(chunked) == list(whole)
         assert np.array_equal(chunked["SNN"]["fps"], whole["SNN"]["fps"])
         for key, field in (("Frag", "frag"), ("Scaf", "scaf")):

@@ -954,8 +954,10 @@ def prepare_files(config: DataConfig, seed: int, out_dir: Path, *, progress: boo
               | {"elements": len(elements), "max_atoms": max_atoms})
 
     def reference(test_smiles: list[str]) -> dict[str, bytes]:
+        from vaeflow.modalities.molecule import metrics
+
         buffer = io.BytesIO()
-        np.savez(buffer, stats=np.asarray(reference_statistics(test_smiles), dtype=object))
+        np.savez(buffer, stats=np.asarray(metrics.reference_statistics(test_smiles), dtype=object))
         return {REFERENCE_STATS: buffer.getvalue()}
 
     _write(out_dir, splits, spec, rejects, duplicates, reference)  # splits are freed before the statistics
@@ -964,39 +966,6 @@ def prepare_files(config: DataConfig, seed: int, out_dir: Path, *, progress: boo
 
 # The processed folder's reference statistics of your test split (molsets' test_stats.npz format).
 REFERENCE_STATS = "test_stats.npz"
-
-# Test molecules parsed at a time for the reference statistics: an RDKit Mol held in a list costs
-# about 27 KB (measured on MOSES molecules), so a whole test split of Mols (10% of the file) would
-# add 2.7 KB per molecule of the file to prepare's peak.
-REFERENCE_CHUNK = 1000
-
-
-def reference_statistics(smiles: Sequence[str], chunk_size: int = REFERENCE_CHUNK) -> dict[str, Any]:
-    """``metrics.reference_statistics`` of ``smiles`` (the same dict and values: FCD, SNN, Frag, Scaf,
-    properties), with the RDKit molecules parsed ``chunk_size`` at a time rather than all at once, so
-    that its memory does not grow with the test split beyond the statistics themselves."""
-    from vaeflow.modalities.molecule import metrics
-
-    fps = []
-    frag: Counter = Counter()
-    scaf: Counter = Counter()
-    props: dict[str, list[float]] = metrics._props([])
-    for i in range(0, len(smiles), chunk_size):
-        mols = [m for m in (chem.mol_from_smiles(s) for s in smiles[i : i + chunk_size]) if m is not None]
-        fps.append(metrics.fingerprints(mols))
-        frag.update(metrics.fragments(mols))  # counts add up; keys keep their first-seen order
-        scaf.update(metrics.scaffolds(mols))
-        for k, v in metrics._props(mols).items():
-            props[k].extend(v)
-        del mols
-    return {
-        "FCD": metrics.fcd_statistics(list(smiles)),
-        "SNN": {"fps": np.concatenate(fps) if fps else metrics.fingerprints([])},
-        "Frag": {"frag": frag},
-        "Scaf": {"scaf": scaf},
-        **{k: {"values": v} for k, v in props.items()},
-    }
-
 
 # Which split keeps a molecule that several splits hold: the test sets stay whole (MOSES's official
 # test set is the benchmark's reference), then validation, then train.

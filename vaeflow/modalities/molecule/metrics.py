@@ -209,15 +209,37 @@ def fcd_distance(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray]) -> floa
 # --- reference statistics ----------------------------------------------------------------------------
 
 
-def reference_statistics(smiles: Sequence[str], device: str = "cpu") -> dict[str, Any]:
-    """The statistics MOSES stores for a reference set: FCD, SNN, Frag, Scaf and property values."""
-    mols = [m for m in (chem.mol_from_smiles(s) for s in smiles) if m is not None]
+# Molecules parsed at a time for the reference statistics: an RDKit Mol held in a list costs about
+# 27 KB (measured on MOSES molecules), so a whole test split of Mols at once would add 2.7 KB per
+# molecule of a 10%-test file to prepare's peak.
+REFERENCE_CHUNK = 1000
+
+
+def reference_statistics(smiles: Sequence[str], device: str = "cpu", chunk_size: int = REFERENCE_CHUNK) -> dict[str, Any]:
+    """The statistics MOSES stores for a reference set: FCD, SNN, Frag, Scaf and property values.
+
+    The RDKit molecules are parsed ``chunk_size`` at a time, so memory does not grow with the set
+    beyond the statistics themselves; the result does not depend on ``chunk_size`` (counts add up,
+    and keys keep their first-seen order).
+    """
+    fps = []
+    frag: Counter = Counter()
+    scaf: Counter = Counter()
+    props: dict[str, list[float]] = _props([])
+    for i in range(0, len(smiles), chunk_size):
+        mols = [m for m in (chem.mol_from_smiles(s) for s in smiles[i : i + chunk_size]) if m is not None]
+        fps.append(fingerprints(mols))
+        frag.update(fragments(mols))
+        scaf.update(scaffolds(mols))
+        for k, v in _props(mols).items():
+            props[k].extend(v)
+        del mols
     return {
         "FCD": fcd_statistics(list(smiles), device),
-        "SNN": {"fps": fingerprints(mols)},
-        "Frag": {"frag": fragments(mols)},
-        "Scaf": {"scaf": scaffolds(mols)},
-        **{k: {"values": v} for k, v in _props(mols).items()},
+        "SNN": {"fps": np.concatenate(fps) if fps else fingerprints([])},
+        "Frag": {"frag": frag},
+        "Scaf": {"scaf": scaf},
+        **{k: {"values": v} for k, v in props.items()},
     }
 
 
