@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
@@ -16,7 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,7 @@ class TreeMonitor:
         except ps.Error:
             return
         total = 0
+        self._begin_sample()
         for p in procs:
             try:
                 with p.oneshot():
@@ -140,7 +143,18 @@ class TreeMonitor:
             total += rss
             self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
             self.cpu[p.pid] = cpu.user + cpu.system
+            self._visit(p.pid)
         self.peak_tree = max(self.peak_tree, total)
+        self._end_sample()
+
+    def _begin_sample(self) -> None:
+        """Hook: a pass over the tree starts."""
+
+    def _visit(self, pid: int) -> None:
+        """Hook: one live process of the tree, after its RSS and CPU were read."""
+
+    def _end_sample(self) -> None:
+        """Hook: the pass is over."""
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -168,6 +182,120 @@ class TreeMonitor:
         out["largest_processes"] = [{"cmd": self.names.get(p, "?"), "peak_rss_mb": self.peak[p] * mb,
                                      "cpu_s": self.cpu.get(p, 0.0)} for p in top]
         return out
+
+
+PSS_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")  # kB lines of /proc/<pid>/smaps_rollup
+
+
+def read_pss_kb(pid: int) -> dict[str, int] | None:
+    """The PSS lines of ``/proc/<pid>/smaps_rollup`` in kB; None where the process is gone or unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:  # exited, or not ours to read
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in PSS_FIELDS:
+            out[key] = int(rest.split()[0])
+    return out if "Pss" in out else None
+
+
+class PssTreeMonitor(TreeMonitor):
+    """``TreeMonitor`` (summed RSS, CPU seconds) plus the peak summed PSS of the same process tree.
+
+    Each sample lists the root and its descendants (psutil ``children(recursive=True)``) and sums the
+    ``Pss:`` line of every one's ``/proc/<pid>/smaps_rollup``: shared pages are split among the
+    processes that map them, so a tree's shared libraries and shared memory count once. The sampling
+    thread runs at niceness 19 so that it takes no CPU the trainers want; its CPU seconds are reported.
+
+    Args:
+        pid: the root process (None: this one).
+        every_s: sampling interval.
+    """
+
+    def __init__(self, pid: int | None = None, every_s: float = 0.2):
+        super().__init__(pid, every_s)
+        self.peak_pss_tree = 0  # kB
+        self.peak_pss_parts: dict[str, int] = {}  # the PSS lines summed at the peak sample, kB
+        self.peak_pss: dict[int, int] = {}  # pid → peak PSS, kB
+        self.samples = 0
+        self.sampling_cpu_s = 0.0  # this thread's own CPU time: what the measuring costs
+
+    def _run(self) -> None:
+        # The sampler yields to the trainers: on a machine with no spare core, reading smaps_rollup
+        # (a walk of each process's page tables, ~1 ms per process) would otherwise slow them down.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
+        super()._run()
+
+    def _sample(self) -> None:
+        cpu_start = time.thread_time()
+        super()._sample()
+        self.samples += 1
+        self.sampling_cpu_s += time.thread_time() - cpu_start
+
+    def _begin_sample(self) -> None:
+        self._parts = dict.fromkeys(PSS_FIELDS, 0)
+
+    def _visit(self, pid: int) -> None:
+        pss = read_pss_kb(pid)
+        if pss is None:
+            return
+        for key, value in pss.items():
+            self._parts[key] += value
+        self.peak_pss[pid] = max(self.peak_pss.get(pid, 0), pss["Pss"])
+
+    def _end_sample(self) -> None:
+        if self._parts["Pss"] > self.peak_pss_tree:
+            self.peak_pss_tree, self.peak_pss_parts = self._parts["Pss"], self._parts
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        mb = 1 / 1024  # kB → MB (MiB, as the RSS figures)
+        out |= {"peak_pss_tree_mb": self.peak_pss_tree * mb,
+                "peak_pss_tree_parts_mb": {k.lower(): v * mb for k, v in self.peak_pss_parts.items()},
+                "monitor_samples": self.samples, "monitor_cpu_s": self.sampling_cpu_s}
+        workers = [pid for pid, name in self.names.items() if WORKER_MARK in name and pid in self.peak_pss]
+        if workers:
+            out["peak_pss_worker_mb"] = max(self.peak_pss[p] for p in workers) * mb
+        top = sorted(self.peak_pss, key=self.peak_pss.get, reverse=True)[:10]
+        out["largest_processes_pss"] = [{"cmd": self.names.get(p, "?"), "peak_pss_mb": self.peak_pss[p] * mb,
+                                         "peak_rss_mb": self.peak.get(p, 0) / 2**20} for p in top]
+        return out
+
+
+def _child_entry(fn: Callable[..., dict[str, Any]], args: tuple, result_file: str, log_file: str) -> None:
+    """Entry point of a spawned measurement process: output to a log file, ``fn``'s result (or the
+    error) as JSON."""
+    with open(log_file, "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            result = {"ok": True, **fn(*args)}
+        except Exception as exc:  # reported by the parent with the log's tail
+            traceback.print_exc()
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.flush()
+        sys.stderr.flush()
+    Path(result_file).write_text(json.dumps(result))
+
+
+def run_monitored(fn: Callable[..., dict[str, Any]], args: tuple, result_file: Path, log_file: Path, what: str,
+                  monitor: type[PssTreeMonitor] = PssTreeMonitor) -> tuple[dict[str, Any], PssTreeMonitor, float]:
+    """``fn(*args)`` in a fresh spawned process (a module-level function: it is pickled by name) while
+    ``monitor`` samples the process tree; its result dict, the monitor and the wall seconds. A failure
+    raises with the error and the last lines of the child's log."""
+    proc = mp.get_context("spawn").Process(target=_child_entry, args=(fn, args, str(result_file), str(log_file)))
+    started = time.perf_counter()
+    proc.start()
+    with monitor(proc.pid) as sampled:
+        proc.join()
+    wall = time.perf_counter() - started
+    if not result_file.is_file() or not (result := json.loads(result_file.read_text()))["ok"]:
+        tail = log_file.read_text()[-3000:] if log_file.is_file() else ""
+        error = result["error"] if result_file.is_file() else f"process exited with code {proc.exitcode}"
+        raise RuntimeError(f"{what} failed: {error}\n--- last lines of {log_file} ---\n{tail}")
+    return result, sampled, wall
 
 
 def pipeline_config(preset: str | Path, root: Path, overrides: Sequence[str] = ()) -> Any:

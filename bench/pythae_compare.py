@@ -92,13 +92,10 @@ import dataclasses
 import importlib.util
 import json
 import math
-import multiprocessing as mp
 import os
 import sys
 import tempfile
-import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +104,7 @@ import torch
 if __package__ in (None, ""):  # run as `python bench/pythae_compare.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import WORKER_MARK, TreeMonitor, median, print_table, write_json  # noqa: E402
+from bench._common import median, print_table, run_monitored, write_json  # noqa: E402
 from vaeflow import config as cfg  # noqa: E402
 from vaeflow import registry, stages  # noqa: E402
 from vaeflow.models import families  # noqa: E402
@@ -310,129 +307,13 @@ def _train_vaeflow(job: Job) -> dict[str, Any]:
 
 # --- process tree measurement ------------------------------------------------------------------------
 
-PSS_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")  # kB lines of /proc/<pid>/smaps_rollup
-
-
-def read_pss_kb(pid: int) -> dict[str, int] | None:
-    """The PSS lines of ``/proc/<pid>/smaps_rollup`` in kB; None where the process is gone or unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:  # exited, or not ours to read
-        return None
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in PSS_FIELDS:
-            out[key] = int(rest.split()[0])
-    return out if "Pss" in out else None
-
-
-class PssTreeMonitor(TreeMonitor):
-    """``TreeMonitor`` (summed RSS, CPU seconds) plus the peak summed PSS of the same process tree.
-
-    Each sample lists the root and its descendants (psutil ``children(recursive=True)``) and sums the
-    ``Pss:`` line of every one's ``/proc/<pid>/smaps_rollup``: shared pages are split among the
-    processes that map them, so a tree's shared libraries and shared memory count once. The sampling
-    thread runs at niceness 19 so that it takes no CPU the trainers want; its CPU seconds are reported.
-
-    Args:
-        pid: the root process (None: this one).
-        every_s: sampling interval.
-    """
-
-    def __init__(self, pid: int | None = None, every_s: float = 0.2):
-        super().__init__(pid, every_s)
-        self.peak_pss_tree = 0  # kB
-        self.peak_pss_parts: dict[str, int] = {}  # the PSS lines summed at the peak sample, kB
-        self.peak_pss: dict[int, int] = {}  # pid → peak PSS, kB
-        self.samples = 0
-        self.sampling_cpu_s = 0.0  # this thread's own CPU time: what the measuring costs
-
-    def _run(self) -> None:
-        # The sampler yields to the trainers: on a machine with no spare core, reading smaps_rollup
-        # (a walk of each process's page tables, ~1 ms per process) would otherwise slow them down.
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
-        super()._run()
-
-    def _sample(self) -> None:
-        """One pass over the tree: RSS, CPU seconds and names as ``TreeMonitor._sample``, plus PSS."""
-        ps, cpu_start = self._psutil, time.thread_time()
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except ps.Error:
-            return
-        rss_total, parts = 0, dict.fromkeys(PSS_FIELDS, 0)
-        for p in procs:
-            try:
-                with p.oneshot():
-                    rss = p.memory_info().rss
-                    cpu = p.cpu_times()
-                    if p.pid not in self.names or WORKER_MARK not in self.names[p.pid]:
-                        self.names[p.pid] = " ".join(p.cmdline())[:120]
-                        self.nice[p.pid] = p.nice()
-            except ps.Error:  # exited between listing and reading
-                continue
-            rss_total += rss
-            self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
-            self.cpu[p.pid] = cpu.user + cpu.system
-            pss = read_pss_kb(p.pid)
-            if pss is None:
-                continue
-            for key, value in pss.items():
-                parts[key] += value
-            self.peak_pss[p.pid] = max(self.peak_pss.get(p.pid, 0), pss["Pss"])
-        self.peak_tree = max(self.peak_tree, rss_total)
-        if parts["Pss"] > self.peak_pss_tree:
-            self.peak_pss_tree, self.peak_pss_parts = parts["Pss"], parts
-        self.samples += 1
-        self.sampling_cpu_s += time.thread_time() - cpu_start
-
-    def summary(self) -> dict[str, Any]:
-        out = super().summary()
-        mb = 1 / 1024  # kB → MB (MiB, as the RSS figures)
-        out |= {"peak_pss_tree_mb": self.peak_pss_tree * mb,
-                "peak_pss_tree_parts_mb": {k.lower(): v * mb for k, v in self.peak_pss_parts.items()},
-                "monitor_samples": self.samples, "monitor_cpu_s": self.sampling_cpu_s}
-        workers = [pid for pid, name in self.names.items() if WORKER_MARK in name and pid in self.peak_pss]
-        if workers:
-            out["peak_pss_worker_mb"] = max(self.peak_pss[p] for p in workers) * mb
-        top = sorted(self.peak_pss, key=self.peak_pss.get, reverse=True)[:10]
-        out["largest_processes_pss"] = [{"cmd": self.names.get(p, "?"), "peak_pss_mb": self.peak_pss[p] * mb,
-                                         "peak_rss_mb": self.peak.get(p, 0) / 2**20} for p in top]
-        return out
-
-
-
-def _child(target: str, job: Job, result_file: str, log_file: str) -> None:
-    """Entry point of a trainer process: output to a log file, result (or error) as JSON."""
-    with open(log_file, "w") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            result = {"ok": True, **{"pythae": _train_pythae, "vaeflow": _train_vaeflow}[target](job)}
-        except Exception as exc:  # reported by the parent with the log's tail
-            traceback.print_exc()
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.flush()
-        sys.stderr.flush()
-    Path(result_file).write_text(json.dumps(result))
-
-
 def run_trainer(target: str, job: Job) -> dict[str, Any]:
     """Train in a fresh spawned process while sampling its process tree; the child's result + memory."""
     work = Path(job.workdir)
-    result_file, log_file = work / f"{target}_{job.round}_result.json", work / f"{target}_{job.round}.log"
     load = os.getloadavg()[0]
-    proc = mp.get_context("spawn").Process(target=_child, args=(target, job, str(result_file), str(log_file)))
-    started = time.perf_counter()
-    proc.start()
-    with PssTreeMonitor(proc.pid) as monitor:
-        proc.join()
-    wall = time.perf_counter() - started
-    if not result_file.is_file() or not (result := json.loads(result_file.read_text()))["ok"]:
-        tail = log_file.read_text()[-3000:] if log_file.is_file() else ""
-        error = result["error"] if result_file.is_file() else f"process exited with code {proc.exitcode}"
-        raise RuntimeError(f"{target} training failed: {error}\n--- last lines of {log_file} ---\n{tail}")
+    train = {"pythae": _train_pythae, "vaeflow": _train_vaeflow}[target]
+    result, monitor, wall = run_monitored(train, (job,), work / f"{target}_{job.round}_result.json",
+                                          work / f"{target}_{job.round}.log", f"{target} training")
     return result | monitor.summary() | {"process_wall_s": wall, "load_avg_1min_before": load}
 
 

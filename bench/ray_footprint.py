@@ -31,22 +31,18 @@ called, which is where a start-up second goes.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import re
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import median, print_table, write_json
-from bench.pythae_compare import PssTreeMonitor
+from bench._common import PssTreeMonitor, median, print_table, run_monitored, write_json
 
 VARIANTS = ("bare", "lean", "full")
 
@@ -114,38 +110,18 @@ def _train(variant: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
             "mlflow_run_s": t2 - t1, "fit_s": t3 - t2, "fit_called_at": t2}
 
 
-def _child(variant: str, args: dict[str, Any], work: str, result_file: str, log_file: str) -> None:
-    with open(log_file, "w") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            result = {"ok": True, **_train(variant, args, Path(work))}
-        except Exception as exc:  # reported by the parent with the log's tail
-            traceback.print_exc()
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.flush()
-        sys.stderr.flush()
-    Path(result_file).write_text(json.dumps(result))
-
-
 def run_variant(variant: str, args: dict[str, Any], work: Path, round_: int) -> dict[str, Any]:
     """One job in a spawned process while its process tree is sampled."""
-    result_file, log_file = work / f"{variant}_{round_}.json", work / f"{variant}_{round_}.log"
-    proc = mp.get_context("spawn").Process(target=_child, args=(variant, args, str(work), str(result_file), str(log_file)))
-    started = time.time()
-    proc.start()
-    with TimelineMonitor(proc.pid) as monitor:
-        proc.join()
-    wall = time.time() - started
-    if not result_file.is_file() or not (result := json.loads(result_file.read_text()))["ok"]:
-        tail = log_file.read_text()[-3000:] if log_file.is_file() else ""
-        raise RuntimeError(f"{variant} failed (exit {proc.exitcode})\n--- last lines of {log_file} ---\n{tail}")
+    load = os.getloadavg()[0]
+    result, monitor, wall = run_monitored(_train, (variant, args, work), work / f"{variant}_{round_}.json",
+                                          work / f"{variant}_{round_}.log", variant, TimelineMonitor)
+    root = monitor.root.pid
     steady = median(result["train_s"][1:] or result["train_s"])
     summary = monitor.summary()
     processes = []
     for pid, first in sorted(monitor.first_seen.items(), key=lambda kv: kv[1]):
         cmd = monitor.commands.get(pid, "?")
-        processes.append({"process": role(cmd, pid == proc.pid), "pid": pid, "peak_pss_mb": monitor.peak_pss.get(pid, 0) / 1024,
+        processes.append({"process": role(cmd, pid == root), "pid": pid, "peak_pss_mb": monitor.peak_pss.get(pid, 0) / 1024,
                           "cpu_s": monitor.cpu.get(pid, 0.0),
                           # seconds after fit() was called (negative: started before it)
                           "appeared_after_fit_s": (monitor.started + first - result["fit_called_at"])
@@ -154,7 +130,7 @@ def run_variant(variant: str, args: dict[str, Any], work: Path, round_: int) -> 
         "variant": variant, "round": round_, "wall_s": wall, "train_s": result["train_s"], "steady_train_s": steady,
         "outside_train_s": wall - sum(result["train_s"]), "peak_pss_tree_mb": summary["peak_pss_tree_mb"],
         "peak_rss_tree_mb": summary["peak_rss_tree_mb"], "cpu_s_tree": summary["cpu_s_tree"],
-        "processes_seen": summary["processes_seen"], "load_avg_1min_before": os.getloadavg()[0],
+        "processes_seen": summary["processes_seen"], "load_avg_1min_before": load,
         **{k: result[k] for k in ("ray_init_s", "mlflow_run_s", "fit_s") if k in result},
         "processes": processes,
     }

@@ -50,9 +50,11 @@ def test_read_pss_and_spread():
 
     import psutil
 
-    pss = pythae_compare.read_pss_kb(os.getpid())
+    from bench._common import read_pss_kb
+
+    pss = read_pss_kb(os.getpid())
     assert pss is not None and 0 < pss["Pss"] * 1024 <= psutil.Process().memory_info().rss
-    assert pythae_compare.read_pss_kb(2**22 + 12345) is None  # above pid_max: no such process
+    assert read_pss_kb(2**22 + 12345) is None  # above pid_max: no such process
     s = pythae_compare.spread([1.0, 2.0, 3.0])
     assert s["mean"] == 2.0 and s["sd"] == 1.0 and math.isclose(s["sem"], 1 / 3**0.5)
     assert math.isnan(pythae_compare.spread([1.0])["sd"])
