@@ -227,7 +227,7 @@ def _check_split_fills_a_batch(config: ExperimentConfig, n_train: int) -> None:
 def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> dict[str, Any]:
     from vaeflow import plots
     from vaeflow.models import families
-    from vaeflow.training.ray import TrainingError, fit, init_ray
+    from vaeflow.training.ray import TrainingError, fit, init_ray, stop_own_cluster
 
     modality = _modality(config)
     if not paths.processed.is_dir():
@@ -268,6 +268,7 @@ def train(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -> d
         # (One try: the tracking server may be what failed; the run then shows RUNNING until resumed.)
         with contextlib.suppress(Exception):
             tracking.client(config.tracking, patient=False).set_terminated(run_id, "FAILED")
+        stop_own_cluster()  # Ray's forwarded logs end here: the reason is the last line printed
         raise
 
     best = checkpoint.load(result.best)

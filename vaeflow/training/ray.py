@@ -75,6 +75,8 @@ class FitResult:
 # cluster lives and dies with this driver, which lets a job leave out the parts of Ray Train that
 # exist for shared, long-lived clusters (see ``_trainer_class``).
 _private_cluster = False
+# Whether this process started the cluster it is connected to (lean or full), rather than joining one.
+_owns_cluster = False
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -88,7 +90,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     ``VAEFLOW_RAY_LEAN=0`` starts it with all of Ray's parts instead (for comparison, or should a
     Ray version need them; ``bench/ray_footprint.py`` measures the two side by side).
     """
-    global _private_cluster
+    global _private_cluster, _owns_cluster
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -105,6 +107,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     # cluster is this machine alone, so that is one more process start per job for nothing.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     _private_cluster = os.environ.get("VAEFLOW_RAY_LEAN", "1") != "0"
+    _owns_cluster = True
     # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
     if _private_cluster:
         # Ray Train's Prometheus gauges are read through the dashboard, which a private cluster lacks.
@@ -121,6 +124,20 @@ def init_ray(num_cpus: int | None = None) -> None:
         port = sock.getsockname()[1]
     ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
+def stop_own_cluster() -> None:
+    """Stop the cluster this process started (nothing for a joined one) before a job's last words.
+
+    Ray forwards its processes' logs to this driver's stderr on a thread of its own, so the
+    controller's log of a failure can arrive after the driver has printed the one-line reason;
+    stopping the cluster first ends that thread, and the reason is the last line a user sees.
+    (Ray's full log stays in its session folder.)
+    """
+    global _owns_cluster
+    if _owns_cluster and ray.is_initialized():
+        ray.shutdown()
+    _owns_cluster = False
 
 
 class _PrivateClusterTrainer(ray.train.torch.TorchTrainer):
