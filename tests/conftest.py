@@ -36,6 +36,22 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "vaeflow-test", "GIT_AUTHOR_EMAIL": "test@vaeflow.
            "GIT_COMMITTER_NAME": "vaeflow-test", "GIT_COMMITTER_EMAIL": "test@vaeflow.invalid"}
 
 
+def ray_processes(title: str) -> list:
+    """This process's private cluster's processes whose title starts with ``title`` (Ray names an
+    actor's worker ``ray::<Class>``): descendants of this process, since the driver started the
+    raylet that forks them."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.cmdline()[:1] and proc.cmdline()[0].startswith(title):
+                found.append(proc)
+        except psutil.Error:  # ended while we looked
+            pass
+    return found
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

@@ -13,7 +13,7 @@ import pytest
 from vaeflow import tracking
 from vaeflow.training import checkpoint
 from vaeflow.training.ray import SCORE, TrainingError, fit
-from tests.conftest import tiny_config
+from tests.conftest import ray_processes, tiny_config
 
 
 @pytest.fixture
@@ -26,16 +26,7 @@ def _checkpoint_epochs(run_dir) -> list[int]:
 
 
 def _training_workers() -> list[psutil.Process]:
-    """This private cluster's Ray Train workers: descendants of this process (the driver started the
-    raylet that forks them), found by the process title Ray gives an actor's worker."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::RayTrainWorker"):
-                found.append(proc)
-        except psutil.Error:  # ended while we looked
-            pass
-    return found
+    return ray_processes("ray::RayTrainWorker")
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir, killed: list[int], errors: list[str], world: int = 2) -> None:

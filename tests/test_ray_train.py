@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -15,17 +17,48 @@ from vaeflow.config import ConfigError
 from vaeflow.serving import PREDICT_PARAMS
 from vaeflow.training import checkpoint
 from vaeflow.training.ray import SCORE, _out_of_time, fit
-from tests.conftest import tiny_config
+from tests.conftest import ray_processes, tiny_config
 
 
 def _steps(client: MlflowClient, run_id: str, key: str = SCORE) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+class _ControllerWatch(threading.Thread):
+    """While a job runs, reads which shared libraries this cluster's Ray Train controller has
+    mapped (``/proc/<pid>/maps``): a controller that imported torch maps libtorch."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.looks, self.torch, self.done = 0, False, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            for proc in ray_processes("ray::TrainController"):
+                try:
+                    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+                except OSError:  # ended while we looked
+                    continue
+                self.looks += 1
+                self.torch |= "libtorch" in maps
+
+    def __enter__(self) -> _ControllerWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+
 def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
     config = tiny_config(project, "train.epochs=2")
     paths = stages.Paths.for_modality("image", project)
-    metrics = stages.train(config, paths, progress=False)
+    with _ControllerWatch() as controller:
+        metrics = stages.train(config, paths, progress=False)
+    # The private cluster's controller orchestrates without torch (training.backend): only the workers
+    # and the driver pay for it.
+    assert controller.looks and not controller.torch
 
     assert metrics["epochs"] == 2 and 1 <= metrics["best_epoch"] <= 2
     run = json.loads((paths.model / "run.json").read_text())

@@ -3,19 +3,34 @@
 Kept apart from ``vaeflow.training.ray`` so that only the controller and the driver import MLflow,
 never the training workers; and the controller imports it at the first report, not when it starts
 (unpickling this callback is part of the controller's start, which the workers' start waits on).
+Nothing here imports torch: on a private cluster the controller runs without it (``backend``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import ray.train
 
-from vaeflow.training.checkpoint import load as load_checkpoint  # `checkpoint` is also a callback argument
-
 log = logging.getLogger(__name__)
+
+# Beside each checkpoint: the epoch rows so far, which the controller reads without importing torch.
+HISTORY_FILE = "history.json"
+
+
+def checkpoint_history(folder: str | Path) -> list[dict[str, Any]]:
+    """The epoch rows a checkpoint folder holds: its JSON copy, or (a checkpoint written before
+    there was one) the checkpoint itself, which needs torch."""
+    path = Path(folder) / HISTORY_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    from vaeflow.training.checkpoint import load
+
+    return load(folder)["history"]
 
 
 class EpochMetricsToMlflow(ray.train.UserCallback):
@@ -48,7 +63,7 @@ class EpochMetricsToMlflow(ray.train.UserCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if not self._seeded and checkpoint is not None:
             with checkpoint.as_directory() as d:
-                self._pending.extend(load_checkpoint(d)["history"])
+                self._pending.extend(checkpoint_history(d))
         self._seeded = True
         row = metrics[0]  # every rank reports the same all-reduced row
         if not row.get("partial"):  # a mid-epoch checkpoint: the epoch's metrics come at its end

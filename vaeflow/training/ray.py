@@ -12,6 +12,7 @@ imports MLflow: the workers unpickle ``_train_worker`` from this module and have
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -35,7 +36,9 @@ from vaeflow.models import families
 from vaeflow.models.families import Family, FamilyOptimizer, unwrap
 from vaeflow.models.families.vae import VAEFamily
 from vaeflow.training import checkpoint
+from vaeflow.training.backend import TorchWorkersConfig
 from vaeflow.training.batching import train_loader as make_train_loader
+from vaeflow.training.epoch_log import HISTORY_FILE
 from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
 
 log = logging.getLogger(__name__)
@@ -149,13 +152,17 @@ class _PrivateClusterTrainer(ray.train.torch.TorchTrainer):
     cluster lives on), a dataset manager (for Ray Data inputs; vaeflow passes its splits through
     the object store) and Ray Data's autoscaling coordinator (asks a cluster autoscaler for nodes).
     A private cluster dies with this driver and has no autoscaler, so none of the three can do
-    anything for it. Everything else (controller, workers, checkpoints, callbacks, resume,
-    failure retries) is Ray Train's own. These are Ray Train V2's internal hooks (checked against
+    anything for it. Its torch set-up is ``TorchWorkersConfig``: Ray's own functions, with torch
+    imported on the workers only, so the controller starts without it. Everything else
+    (controller, workers, checkpoints, callbacks, resume, failure retries) is Ray Train's own. These are Ray Train V2's internal hooks (checked against
     Ray 2.60, and by ``tests/test_ray_train.py``); ``_trainer_class`` falls back to the plain
     trainer where they are missing.
     """
 
     _UNUSED_CALLBACKS = ("PlacementGroupCleanerCallback", "DatasetsCallback")
+
+    def __init__(self, *args: Any, torch_config: TorchWorkersConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, torch_config=torch_config or TorchWorkersConfig(), **kwargs)
 
     def _create_default_callbacks(self) -> list[Any]:
         callbacks = super()._create_default_callbacks()
@@ -248,6 +255,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     modality = registry.MODALITIES.get_or_raise(config.modality).data
     train_ds, val_ds = ray.get(cfg["train"]), ray.get(cfg["val"])
+    monitor = None if cfg.get("monitor") is None else ray.get(cfg["monitor"])
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = families.build_model(config.model, cfg["input_spec"])
@@ -288,6 +296,8 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                 history=history, config=cfg["config"], input_spec=cfg["input_spec"], mlflow_run_id=cfg["run_id"],
                 family_module=cfg["family_module"], **state,
             )
+            # The history again as JSON, for the controller (epoch_log), which reads it without torch.
+            (Path(tmp) / HISTORY_FILE).write_text(json.dumps(history))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     progress = _progress_factory(rank) if cfg.get("progress", True) else None
@@ -318,7 +328,6 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         row = {"epoch": epoch + 1} | {k: v for k, v in train.items() if k not in metrics}
         row |= {"epoch_time_s": seconds, "train_examples_per_s": len(train_loader) * per_worker * world / seconds}
         row |= {f"train_{k}": train[k] for k in metrics} | {f"val_{k}": val[k] for k in metrics}
-        monitor = cfg.get("monitor")
         if monitor is not None and monitor.due(epoch + 1):
             row |= _measure(monitor, unwrap(model), rank, device, seeded_generator(device, config.seed, "monitor", epoch))
         history.append(row)
@@ -415,7 +424,8 @@ def fit(
             "val": ray.put(modality.load(Path(processed_dir), "val")),
             "run_id": run_id,
             "family_module": family_module,
-            "monitor": monitor,
+            # Through the object store, like the data: the controller passes it on without unpickling it.
+            "monitor": None if monitor is None else ray.put(monitor),
             # Bars only on a terminal; logs (DVC, CI, ray job logs) get one line per epoch instead.
             "progress": progress and sys.stderr.isatty(),
         },
