@@ -305,13 +305,50 @@ def _train_vaeflow(job: Job) -> dict[str, Any]:
             "best_epoch": int(best["epoch"]), "model_file": str(model_file)}
 
 
+def _train_loop(job: Job) -> dict[str, Any]:
+    """vaeflow's training epoch without Ray: the worker's loader, model, optimizer and epoch function,
+    with a validation pass and a checkpoint per epoch, in one process (``--with-loop``). Timing only:
+    it splits vaeflow / pythae into vaeflow's loop against pythae's and Ray's part."""
+    from vaeflow.models import families
+    from vaeflow.training import checkpoint
+    from vaeflow.training.batching import train_loader
+    from vaeflow.training.loop import run_epoch, seeded_generator
+
+    config = cfg.from_dict(cfg.ExperimentConfig, job.config)
+    t = config.train
+    torch.set_num_threads(t.cpus_per_worker)  # as the worker does
+    modality = registry.MODALITIES.get_or_raise(config.modality).data
+    processed = Path(job.processed)
+    started = time.perf_counter()
+    train_ds, val_ds = modality.load(processed, "train"), modality.load(processed, "val")
+    torch.manual_seed(config.seed)
+    model = families.build_model(config.model, modality.input_spec(processed))
+    optimizers = families.get(config.model.family).optimizers(model, t)
+    loader, sampler = train_loader(train_ds, modality, config, per_worker=t.batch_size, world=1, rank=0)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=t.batch_size, collate_fn=modality.collate_fn())
+    device, rows = torch.device("cpu"), []
+    for epoch in range(t.epochs):
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        run_epoch(model, loader, modality, config, epoch=epoch, device=device, optimizer=optimizers,
+                  generator=None)  # as the worker calls it: each step draws from a stream seeded by the step
+        seconds = time.perf_counter() - t0
+        val = run_epoch(model, val_loader, modality, config, epoch=epoch, device=device,
+                        generator=seeded_generator(device, config.seed, "val"))
+        checkpoint.save(Path(job.workdir) / f"loop_{job.round}.pt", model=model.state_dict(),
+                        optimizers=[o.optimizer.state_dict() for o in optimizers], epoch=epoch + 1)
+        rows.append({"epoch_time_s": seconds, "val_neg_elbo": val["neg_elbo"]})
+    vals = [r["val_neg_elbo"] for r in rows]
+    return {"history": rows, "total_s": time.perf_counter() - started, "best_epoch": 1 + vals.index(min(vals))}
+
+
 # --- process tree measurement ------------------------------------------------------------------------
 
 def run_trainer(target: str, job: Job) -> dict[str, Any]:
     """Train in a fresh spawned process while sampling its process tree; the child's result + memory."""
     work = Path(job.workdir)
     load = os.getloadavg()[0]
-    train = {"pythae": _train_pythae, "vaeflow": _train_vaeflow}[target]
+    train = {"pythae": _train_pythae, "vaeflow": _train_vaeflow, "loop": _train_loop}[target]
     result, monitor, wall = run_monitored(train, (job,), work / f"{target}_{job.round}_result.json",
                                           work / f"{target}_{job.round}.log", f"{target} training")
     return result | monitor.summary() | {"process_wall_s": wall, "load_avg_1min_before": load}
@@ -438,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=1,
                    help="training rounds per seed, the trainers' order alternating over all rounds; times and "
                         "memory are paired per round, each seed's last round's models scored")
+    p.add_argument("--with-loop", action="store_true",
+                   help="also time vaeflow's epoch function in one process without Ray (a third trainer, timing only)")
     p.add_argument("--cpus", type=int, default=2, help="torch threads of each trainer (vaeflow: cpus_per_worker)")
     p.add_argument("--workdir", default=None, help="keep data, logs, checkpoints here (default: a temp folder)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/pythae.json)")
@@ -483,7 +522,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             job = Job(config=config.to_dict() | {"seed": seed}, processed=str(paths.processed), workdir=str(work))
             for _ in range(args.repeats):
                 r = len(rounds)
-                order = ("pythae", "vaeflow") if r % 2 == 0 else ("vaeflow", "pythae")  # drift falls on both
+                order = ("pythae", "vaeflow", *(("loop",) if args.with_loop else ()))
+                order = order if r % 2 == 0 else order[::-1]  # drift falls on all
                 rounds.append({"seed": seed, "order": list(order), "runs": {}})
                 for name in order:
                     print(f"round {r + 1}/{len(seeds) * args.repeats} (seed {seed}): training with {name} …", flush=True)
@@ -523,6 +563,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return record
 
 
+def _loop_split(runs: dict[str, Any]) -> dict[str, float]:
+    """With ``--with-loop``: vaeflow / pythae per epoch as (vaeflow's loop / pythae) × (on Ray / the loop)."""
+    if "loop" not in runs:
+        return {}
+    epoch = {n: _times(run)["epoch_s_median"] for n, run in runs.items()}
+    return {"epoch_s_median_loop": epoch["loop"], "epoch_loop_over_pythae": epoch["loop"] / epoch["pythae"],
+            "epoch_ray_over_loop": epoch["vaeflow"] / epoch["loop"]}
+
+
 def _record(args: argparse.Namespace, config: cfg.ExperimentConfig, counts: dict[str, Any], seeds: list[int],
             rows: list[dict[str, Any]], rounds: list[dict[str, Any]], per_seed: list[dict[str, Any]],
             nlls: list[dict[str, torch.Tensor]], *, complete: bool) -> dict[str, Any]:
@@ -537,7 +586,8 @@ def _record(args: argparse.Namespace, config: cfg.ExperimentConfig, counts: dict
                          | {key: both["vaeflow"][key] / both["pythae"][key] for key in keys}
                          | {f"{key}_{n}": both[n][key] for n in ("pythae", "vaeflow") for key in keys}
                          | {f"{key}_{n}": _outside(run)[key] for n, run in (("pythae", py), ("vaeflow", v))
-                            for key in ("overhead_s", "overhead_process_s")})
+                            for key in ("overhead_s", "overhead_process_s")}
+                         | _loop_split(rd["runs"]))
     finished = [rd for rd in per_round if rd["seed"] in {s["seed"] for s in per_seed}]
     summary = seed_summary(per_seed, nlls)
     return {
@@ -555,6 +605,7 @@ def _record(args: argparse.Namespace, config: cfg.ExperimentConfig, counts: dict
         "seed_summary": summary,
         "paired_nll": _paired(summary),
         "ratios_vaeflow_over_pythae": _median_ratios(finished),
+        "epoch_split_with_loop": _median_split(finished),
         "ratios_per_round": per_round,
         "rounds_epoch_times_s": [{n: [row["epoch_time_s"] for row in run["history"]] for n, run in rd["runs"].items()}
                                  for rd in rounds],
@@ -567,6 +618,14 @@ def _record(args: argparse.Namespace, config: cfg.ExperimentConfig, counts: dict
 
 def _median_ratios(per_round: list[dict[str, Any]]) -> dict[str, float]:
     return {key: median([pr[key] for pr in per_round]) for key in (*TIMED, *MEMORY)}
+
+
+def _median_split(per_round: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Medians over rounds of ``_loop_split``'s ratios (None without ``--with-loop``)."""
+    with_loop = [pr for pr in per_round if "epoch_loop_over_pythae" in pr]
+    if not with_loop:
+        return None
+    return {key: median([pr[key] for pr in with_loop]) for key in ("epoch_loop_over_pythae", "epoch_ray_over_loop")}
 
 
 def _paired(summary: dict[str, Any]) -> dict[str, Any]:
@@ -641,6 +700,9 @@ def _report(record: dict[str, Any]) -> None:
           f"seed-to-seed sd of the NLL: pythae {summary['nll_pythae']['sd']:.3f}, vaeflow {summary['nll_vaeflow']['sd']:.3f}")
     print_table([{"vaeflow / pythae": k, "ratio (median over rounds)": v}
                  for k, v in record["ratios_vaeflow_over_pythae"].items()], "ratios")
+    if split := record.get("epoch_split_with_loop"):
+        print(f"per epoch, vaeflow / pythae split (medians over rounds): vaeflow's epoch function in one process / "
+              f"pythae {split['epoch_loop_over_pythae']:.3f}, on Ray / in one process {split['epoch_ray_over_loop']:.3f}")
     v = next(r for r in reversed(rows) if r["trainer"] == "vaeflow")
     print(f"\nvaeflow overhead: MLflow run {v['mlflow_setup_s']:.1f} s, Ray start {v['ray_start_s']:.1f} s; "
           f"worker peak PSS {v['peak_pss_worker_mb']:.0f} MB of {v['peak_pss_tree_mb']:.0f} MB in the tree "
