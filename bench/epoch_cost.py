@@ -11,7 +11,14 @@ model, data, batches and threads, one training epoch of:
     parameters, ``isfinite`` on the norm and the loss);
   * ``+metrics``: ``+guard`` plus vaeflow's per-step metric sums (``.item()`` of loss, recon, kl and
     −ELBO);
-  * ``run_epoch``: ``vaeflow.training.loop.run_epoch`` itself.
+  * ``run_epoch``: ``vaeflow.training.loop.run_epoch`` itself;
+  * ``pythae`` (``--pythae``, where pythae is installed): one epoch of pythae's own
+    ``BaseTrainer.train_step`` on the same modules and initial weights, through its own data loader
+    (per-item binarisation, the last incomplete batch kept: one step more than the others).
+
+Alternating the variants inside one process is what makes their ratios hold on a machine whose
+speed drifts by ±25% over minutes (the same job, run twice in a row in fresh processes, measured
+17 and 27 s per epoch on 2026-12-07); ``bench/pythae_compare.py`` times whole jobs instead.
 
 Every variant starts each repeat from the same initial weights and optimiser state and sees the same
 batches; the order of the variants is reversed every other repeat. Reported: median seconds per
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import math
 import os
 import sys
@@ -84,6 +92,8 @@ def time_variant(variant: str, config: cfg.ExperimentConfig, modality: Any, load
     device = torch.device("cpu")
     generator = seeded_generator(device, config.seed, "train", epoch)
     model.train()
+    if variant == "pythae":
+        return _time_pythae(model, config, loader.dataset, epoch)
     with Clock() as clock:
         if variant == "run_epoch":
             run_epoch(model, loader, modality, config, epoch=epoch, device=device, optimizer=optimizer, generator=generator)
@@ -98,6 +108,25 @@ def time_variant(variant: str, config: cfg.ExperimentConfig, modality: Any, load
     return clock
 
 
+def _time_pythae(model: Any, config: cfg.ExperimentConfig, train: Any, epoch: int) -> Clock:
+    """One epoch of pythae's ``BaseTrainer`` on ``model``'s encoder and decoder (its weights as given)."""
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+
+    from bench.pythae_compare import _pythae_classes, pythae_model
+
+    _, _, images = _pythae_classes()
+    with tempfile.TemporaryDirectory(prefix="vaeflow-bench-pythae-") as out:
+        trainer = BaseTrainer(
+            model=pythae_model(model), train_dataset=images(train.x, torch.Generator().manual_seed(config.seed + epoch)),
+            training_config=BaseTrainerConfig(output_dir=out, num_epochs=1, learning_rate=config.train.lr,
+                                              per_device_train_batch_size=config.train.batch_size, optimizer_cls="Adam",
+                                              seed=config.seed, no_cuda=True))
+        trainer.prepare_training()  # the optimizer and callbacks its train() would set up
+        with Clock() as clock:
+            trainer.train_step(1)
+    return clock
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default=str(ROOT / "configs/image/quick.yaml"))
@@ -105,8 +134,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--pythae", action="store_true", help="also time pythae's own training step (needs pythae)")
     p.add_argument("--out", default=None, help="JSON path (default: bench/results/epoch_cost.json)")
     args = p.parse_args(argv)
+    variants = (*VARIANTS, "pythae") if args.pythae else VARIANTS
+    if args.pythae and importlib.util.find_spec("pythae") is None:
+        raise SystemExit("epoch_cost --pythae: pythae is not installed (pip install pythae; it is not a vaeflow dependency)")
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vaeflow-bench-") as tmp:
@@ -138,14 +171,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 return DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=order,
                                   collate_fn=modality.collate_fn())
 
-            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+            order = variants if r % 2 == 0 else variants[::-1]
             runs.append({v: time_variant(v, config, modality, loader(), init, r).wall / steps for v in order})
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v} {1e3 * s:.2f} ms/step" for v, s in runs[-1].items()),
                   flush=True)
 
     rows = [{"variant": v, "ms_per_step": 1e3 * median([run[v] for run in runs]),
              "vs_minimal": median([run[v] / run["minimal"] for run in runs]),
-             "added_ms_per_step": 1e3 * median([run[v] - run["minimal"] for run in runs])} for v in VARIANTS]
+             "added_ms_per_step": 1e3 * median([run[v] - run["minimal"] for run in runs])} for v in variants]
     print_table(rows, f"Training epoch cost by part, median of {args.repeats} (image preset, {args.threads} threads)")
     record = {"settings": vars(args) | {"out": None}, "steps": steps, "rows": rows, "runs_s_per_step": runs}
     write_json("epoch_cost", record, args.out)
