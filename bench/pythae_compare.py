@@ -314,9 +314,12 @@ def _train_loop(job: Job) -> dict[str, Any]:
     from vaeflow.training.batching import train_loader
     from vaeflow.training.loop import run_epoch, seeded_generator
 
+    from vaeflow.training.malloc import keep_freed_memory
+
     config = cfg.from_dict(cfg.ExperimentConfig, job.config)
     t = config.train
     torch.set_num_threads(t.cpus_per_worker)  # as the worker does
+    keep_freed_memory()
     modality = registry.MODALITIES.get_or_raise(config.modality).data
     processed = Path(job.processed)
     started = time.perf_counter()

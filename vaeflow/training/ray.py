@@ -39,6 +39,7 @@ from vaeflow.training import checkpoint
 from vaeflow.training.backend import TorchWorkersConfig
 from vaeflow.training.batching import train_loader as make_train_loader
 from vaeflow.training.epoch_log import HISTORY_FILE
+from vaeflow.training.malloc import keep_freed_memory
 from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def restore_optimizers(optimizers: list[FamilyOptimizer], state: dict[str, Any])
 
 def _train_worker(cfg: dict[str, Any]) -> None:
     """Per-worker training function (runs inside a Ray Train worker)."""
+    keep_freed_memory()  # each step reuses the last one's buffers instead of faulting in new pages
     # The family's own module first: a family registered outside vaeflow (a plugin, a test) is
     # found in the worker by importing the module that registered it on the driver.
     family = families.get(cfg["config"]["model"].get("family", "vae"), cfg["family_module"])
