@@ -64,7 +64,7 @@ def test_read_pss_and_spread():
 def test_pythae_compare_smoke(tmp_path):
     out = tmp_path / "pythae.json"
     record = pythae_compare.main(["--train-limit", "512", "--epochs", "1", "--k", "5", "--test-examples", "64",
-                                  "--val-size", "512", "--seeds", "0", "1", "--out", str(out)])
+                                  "--val-size", "512", "--seeds", "0", "1", "--with-loop", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "pythae" and saved["complete"]
     assert saved["results"] == json.loads(json.dumps(record["results"]))
@@ -83,7 +83,12 @@ def test_pythae_compare_smoke(tmp_path):
     assert set(saved["ratios_vaeflow_over_pythae"]) >= {"epoch_s_median", "peak_pss_tree_mb", "peak_rss_tree_mb"}
     # One round per seed, the order alternating.
     rounds = saved["ratios_per_round"]
-    assert [r["seed"] for r in rounds] == [0, 1] and [r["order"][0] for r in rounds] == ["pythae", "vaeflow"]
+    assert [r["seed"] for r in rounds] == [0, 1] and [r["order"] for r in rounds] == [["pythae", "vaeflow", "loop"],
+                                                                                   ["loop", "vaeflow", "pythae"]]
+    # --with-loop: vaeflow / pythae per epoch = (the loop / pythae) × (on Ray / the loop), round by round.
+    for r in rounds:
+        assert math.isclose(r["epoch_loop_over_pythae"] * r["epoch_ray_over_loop"], r["epoch_s_median"], rel_tol=1e-9)
+    assert all(math.isfinite(v) and v > 0 for v in saved["epoch_split_with_loop"].values())
     assert all(r["epoch_s_median"] > 0 and r["peak_pss_tree_mb"] > 0 for r in rounds)
     # Every round trains anew (a resumed vaeflow run would replay the first round's epoch times).
     times = [rd["vaeflow"] for rd in saved["rounds_epoch_times_s"]]
@@ -116,3 +121,14 @@ def test_pythae_compare_smoke(tmp_path):
                                                                              rel=1e-4)
     with pytest.raises(SystemExit, match="more than one record"):
         pythae_compare.main(["--combine", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "twice.json")])
+
+
+def test_epoch_cost_times_pythaes_own_step_beside_vaeflows(tmp_path):
+    from bench import epoch_cost
+
+    out = tmp_path / "epoch_cost.json"
+    epoch_cost.main(["--preset", "configs/image/tiny.yaml", "--train-limit", "256", "--batch-size", "64",
+                     "--repeats", "2", "--pythae", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert [row["variant"] for row in record["rows"]] == [*epoch_cost.VARIANTS, "pythae"]
+    assert all(math.isfinite(run["pythae"]) and run["pythae"] > 0 for run in record["runs_s_per_step"])
