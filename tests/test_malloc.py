@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -41,8 +42,10 @@ print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(res
 
 
 def _faults(mode: str) -> dict:
+    # Without any malloc tuning of this environment's own, which keep_freed_memory would defer to.
+    env = {k: v for k, v in os.environ.items() if k not in malloc._USER_SETTINGS}
     out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, timeout=300, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[1], env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -30,7 +30,7 @@ class _ControllerWatch(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.looks, self.torch, self.done = 0, False, threading.Event()
+        self.looks, self.torch, self.done = 0, set(), threading.Event()  # torch: (pid, library) seen
 
     def run(self) -> None:
         while not self.done.wait(0.1):
@@ -40,7 +40,7 @@ class _ControllerWatch(threading.Thread):
                 except OSError:  # ended while we looked
                     continue
                 self.looks += 1
-                self.torch |= "libtorch" in maps
+                self.torch |= {(proc.pid, line.split()[-1]) for line in maps.splitlines() if "libtorch" in line}
 
     def __enter__(self) -> _ControllerWatch:
         self.start()
@@ -58,7 +58,7 @@ def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
         metrics = stages.train(config, paths, progress=False)
     # The private cluster's controller orchestrates without torch (training.backend): only the workers
     # and the driver pay for it.
-    assert controller.looks and not controller.torch
+    assert controller.looks and not controller.torch, (controller.looks, sorted(controller.torch))
 
     assert metrics["epochs"] == 2 and 1 <= metrics["best_epoch"] <= 2
     run = json.loads((paths.model / "run.json").read_text())

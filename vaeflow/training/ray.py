@@ -39,8 +39,8 @@ from vaeflow.training import checkpoint
 from vaeflow.training.backend import TorchWorkersConfig
 from vaeflow.training.batching import train_loader as make_train_loader
 from vaeflow.training.epoch_log import HISTORY_FILE
-from vaeflow.training.malloc import keep_freed_memory
 from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
+from vaeflow.training.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,10 @@ class _PrivateClusterTrainer(ray.train.torch.TorchTrainer):
     A private cluster dies with this driver and has no autoscaler, so none of the three can do
     anything for it. Its torch set-up is ``TorchWorkersConfig``: Ray's own functions, with torch
     imported on the workers only, so the controller starts without it. Everything else
-    (controller, workers, checkpoints, callbacks, resume, failure retries) is Ray Train's own. These are Ray Train V2's internal hooks (checked against
-    Ray 2.60, and by ``tests/test_ray_train.py``); ``_trainer_class`` falls back to the plain
-    trainer where they are missing.
+    (controller, workers, checkpoints, callbacks, resume, failure retries) is Ray Train's own.
+    These are Ray Train V2's internal hooks (checked against Ray 2.60, and by
+    ``tests/test_ray_train.py``); ``_trainer_class`` falls back to the plain trainer where they are
+    missing.
     """
 
     _UNUSED_CALLBACKS = ("PlacementGroupCleanerCallback", "DatasetsCallback")
