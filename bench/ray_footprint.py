@@ -47,6 +47,12 @@ from bench._common import PssTreeMonitor, median, print_table, run_monitored, wr
 VARIANTS = ("bare", "lean", "full")
 
 
+# Titles a Ray worker process wears for a moment before its actor's own: an idle pooled worker, and
+# a Train worker running one of the backend's set-up functions (``ray::execute.<function>``, which
+# can last seconds while that function imports torch). Keep sampling until the actor's title shows.
+_PASSING_TITLES = ("ray::IDLE", "ray::execute")
+
+
 class TimelineMonitor(PssTreeMonitor):
     """``PssTreeMonitor`` plus when each process of the tree was first seen (seconds since start)."""
 
@@ -62,7 +68,7 @@ class TimelineMonitor(PssTreeMonitor):
         for pid in self.peak:
             self.first_seen.setdefault(pid, now)
             known = self.commands.get(pid, "")
-            if not known.startswith("ray::") or known.startswith("ray::IDLE"):  # a worker is retitled by its actor
+            if not known.startswith("ray::") or known.startswith(_PASSING_TITLES):
                 try:
                     self.commands[pid] = " ".join(self._psutil.Process(pid).cmdline())
                 except self._psutil.Error:
