@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+PATHS = ("files", "moses")
 
 
 def make_csv(path: Path, n: int) -> None:
@@ -53,6 +54,7 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
     proc = subprocess.Popen([sys.executable, "-m", "vaeflow.cli", "prepare", "--modality", "molecule",
                              "--root", str(root), "--no-progress", *argv], stdout=subprocess.PIPE, cwd=ROOT)
     peak = 0.0
+    timeline: list[tuple[float, float]] = []  # (seconds, PSS MB) every 30 s: how memory grows over the run
     loads: list[float] = []  # the 1-minute load average at each sample (the cores are shared)
     done = threading.Event()
 
@@ -70,6 +72,9 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         pass
                 peak = max(peak, total / 2**20)
+                now = time.perf_counter() - start
+                if not timeline or now - timeline[-1][0] >= 30:
+                    timeline.append((round(now, 1), round(total / 2**20, 1)))
             except psutil.NoSuchProcess:
                 break
             time.sleep(0.5)
@@ -84,13 +89,15 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
     if proc.returncode:
         raise SystemExit(f"prepare failed ({proc.returncode}): {' '.join(argv)}")
     counts = json.loads(out)
-    return {"wall_s": wall, "peak_pss_mb": peak, "counts": counts,
+    return {"wall_s": wall, "peak_pss_mb": peak, "counts": counts, "pss_timeline_s_mb": timeline,
             "load_avg": [round(min(loads), 2), round(sum(loads) / len(loads), 2), round(max(loads), 2)] if loads else None}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="molecules (default: 1,000,000)")
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
+                   help="which paths to run (default: both; one alone reports no ratio)")
     p.add_argument("--out", help="JSON record (default: bench/results/prepare_molecule_files.json)")
     args = p.parse_args()
     n = args.n
@@ -100,25 +107,36 @@ def main() -> None:
         t0 = time.perf_counter()
         make_csv(csv_path, n)
         print(f"wrote {n:,} SMILES ({csv_path.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - t0:.1f} s")
-        preset = ["--preset", str(ROOT / "configs/molecule/files.yaml")]
-        files = run([*preset, "--set", f"data.path={csv_path}", "--set", "data.id_column=id"], tmp / "files")
-        moses = run(["--preset", str(ROOT / "configs/molecule/quick.yaml"), "--set", f"data.limit_train={int(0.8 * n)}",
-                     "--set", f"data.val_size={int(0.1 * n)}", "--set", f"data.limit_test={int(0.05 * n)}"], tmp / "moses")
+        results = {}
+        if "files" in args.paths:
+            preset = ["--preset", str(ROOT / "configs/molecule/files.yaml")]
+            results["files"] = run([*preset, "--set", f"data.path={csv_path}", "--set", "data.id_column=id"],
+                                   tmp / "files")
+        if "moses" in args.paths:
+            results["moses"] = run(["--preset", str(ROOT / "configs/molecule/quick.yaml"),
+                                    "--set", f"data.limit_train={int(0.8 * n)}", "--set", f"data.val_size={int(0.1 * n)}",
+                                    "--set", f"data.limit_test={int(0.05 * n)}"], tmp / "moses")
     rows = []
-    for name, r in (("your file (CSV)", files), ("MOSES path", moses)):
+    for key, name in (("files", "your file (CSV)"), ("moses", "MOSES path")):
+        if key not in results:
+            continue
+        r = results[key]
         c = r["counts"]
         kept = sum(v for k, v in c.items() if k.startswith("n_"))
         read = kept + c["rejected"] + c.get("duplicates", 0)
         rows.append({"path": name, "molecules": read, "kept": kept, "wall_s": round(r["wall_s"], 1),
                      "mol_per_s": round(read / r["wall_s"], 1), "peak_pss_mb": round(r["peak_pss_mb"], 1),
                      "pss_kb_per_mol": round(1024 * r["peak_pss_mb"] / read, 2),
-                     "load_avg_min_mean_max": r["load_avg"]})
-    ratio = {"throughput_files_over_moses": rows[0]["mol_per_s"] / rows[1]["mol_per_s"],
-             "peak_pss_files_over_moses": rows[0]["peak_pss_mb"] / rows[1]["peak_pss_mb"]}
-    print_table(rows, f"prepare, {n:,} molecules: your file vs the MOSES path")
+                     "load_avg_min_mean_max": r["load_avg"], "pss_timeline_s_mb": r["pss_timeline_s_mb"]})
+    ratio = {}
+    if len(rows) == 2:
+        ratio = {"throughput_files_over_moses": rows[0]["mol_per_s"] / rows[1]["mol_per_s"],
+                 "peak_pss_files_over_moses": rows[0]["peak_pss_mb"] / rows[1]["peak_pss_mb"]}
+    print_table([{k: v for k, v in row.items() if k != "pss_timeline_s_mb"} for row in rows],
+                f"prepare, {n:,} molecules: your file vs the MOSES path")
     print(json.dumps({k: round(v, 3) for k, v in ratio.items()}))
     path = write_json("prepare_molecule_files", {"n": n, "rows": rows, "ratios": ratio,
-                                                 "counts": {"files": files["counts"], "moses": moses["counts"]}}, args.out)
+                                                 "counts": {k: r["counts"] for k, r in results.items()}}, args.out)
     print(f"→ {path}")
 
 
