@@ -15,7 +15,7 @@ from tests.test_loop import _resume_from_step_3_matches_uninterrupted
 from vaeflow.modalities.molecule.data import PAD_ID, MoleculeData
 from vaeflow.models.decoders.selfies_gru import EOS
 from vaeflow.models.vae import build_model
-from vaeflow.training.batching import DistributedBucketBatchSampler, train_loader
+from vaeflow.training.batching import DistributedBucketBatchSampler, ShardSampler, eval_loader, train_loader
 
 
 def _lengths(n: int = 5000, seed: int = 0) -> torch.Tensor:
@@ -152,6 +152,34 @@ def test_train_loader_buckets_when_asked_and_the_modality_gives_lengths(mol_data
     resampled.set_epoch(1)
     pairs = list(zip(loader, again, strict=True))  # what a restarted worker rebuilds: the same batches
     assert all(torch.equal(a.tokens, b.tokens) and torch.equal(a.x, b.x) for a, b in pairs)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_validation_counts_every_molecule_exactly_once_over_the_ranks(mol_data, world):
+    """The validation loss is the example-weighted mean summed over ranks: a padded shard (what
+    ``DistributedSampler`` does when the split does not divide by the ranks) counts some twice."""
+    m = MoleculeData()
+    ds = m.load(mol_data[0] / "data/processed/molecule", "val")
+    n = max(k for k in range(len(ds) + 1) if k % 6 in (1, 5))  # a split that neither 2 nor 3 divides
+    ds = torch.utils.data.Subset(ds, range(n))
+    seen = []
+    for rank in range(world):
+        loader = eval_loader(ds, m, per_worker=7, world=world, rank=rank)
+        assert isinstance(loader.sampler, ShardSampler)
+        seen += list(loader.sampler)
+        assert sum(b.num_graphs for b in loader) == len(loader.sampler)  # the batches hold the shard, once
+    assert sorted(seen) == list(range(len(ds)))
+    padded = [i for r in range(world) for i in DistributedSampler(ds, num_replicas=world, rank=r, shuffle=False)]
+    assert len(padded) > len(ds) or world == 1  # what the padding would have counted
+
+
+def test_a_split_smaller_than_the_ranks_still_gives_every_rank_a_batch(mol_data):
+    m = MoleculeData()
+    ds = torch.utils.data.Subset(m.load(mol_data[0] / "data/processed/molecule", "val"), [0, 1])
+    loaders = [eval_loader(ds, m, per_worker=4, world=3, rank=r) for r in range(3)]
+    assert [len(loader) for loader in loaders] == [1, 1, 1]
+    with pytest.raises(ValueError, match="outside"):
+        ShardSampler(10, 2, 2)
 
 
 def test_a_bucketed_epoch_resumes_exactly(mol_data, tmp_path):

@@ -127,6 +127,40 @@ class DistributedBucketBatchSampler(Sampler[list[int]]):
             yield row[self.rank::self.num_replicas].tolist()  # interleaved: every rank a similar mix of lengths
 
 
+class ShardSampler(Sampler[int]):
+    """Rank ``rank``'s share of an evaluation set: examples ``rank, rank + R, rank + 2R …``.
+
+    Every example is on exactly one rank, so the example-weighted means that ``run_epoch`` sums
+    across ranks are the whole set's. (``DistributedSampler`` pads the shards to equal length by
+    repeating the first examples, which counts those twice.) Ranks may get one example more or less
+    than each other; evaluation takes no gradient step, so they need not match.
+    """
+
+    def __init__(self, num_examples: int, num_replicas: int, rank: int):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        self.indices = range(rank, num_examples, num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def eval_loader(dataset: Dataset, modality: ModalityData, *, per_worker: int, world: int, rank: int) -> DataLoader:
+    """One rank's loader over an evaluation split, in order; every example counted once over all ranks.
+
+    A split smaller than the number of ranks keeps ``DistributedSampler``'s padding instead, so that
+    every rank has a batch: a rank with none would skip the collective that DDP's first forward after
+    training makes (its buffer broadcast) and the others would wait on it forever.
+    """
+    n = len(dataset)
+    sampler: Sampler[int] = (ShardSampler(n, world, rank) if n >= world
+                             else DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False))
+    return DataLoader(dataset, batch_size=per_worker, sampler=sampler, collate_fn=modality.collate_fn())
+
+
 def train_loader(dataset: Dataset, modality: ModalityData, config: ExperimentConfig, *, per_worker: int, world: int,
                  rank: int) -> tuple[DataLoader, DistributedBucketBatchSampler | DistributedSampler]:
     """One rank's training loader, and the sampler to ``set_epoch`` on before each epoch.

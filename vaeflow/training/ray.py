@@ -27,7 +27,6 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from vaeflow import registry
 from vaeflow.config import ExperimentConfig, from_dict
@@ -37,6 +36,7 @@ from vaeflow.models.families import Family, FamilyOptimizer, unwrap
 from vaeflow.models.families.vae import VAEFamily
 from vaeflow.training import checkpoint
 from vaeflow.training.backend import TorchWorkersConfig
+from vaeflow.training.batching import eval_loader
 from vaeflow.training.batching import train_loader as make_train_loader
 from vaeflow.training.epoch_log import HISTORY_FILE
 from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
@@ -281,10 +281,8 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     # Our own sampler (also for one worker): its seed + set_epoch make each epoch's batches a function
     # of (seed, epoch, rank) alone, so a resumed run sees the same batches as an uninterrupted one.
     per_worker = config.train.batch_size // world
-    collate = modality.collate_fn()
     train_loader, sampler = make_train_loader(train_ds, modality, config, per_worker=per_worker, world=world, rank=rank)
-    val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
-    val_loader = DataLoader(val_ds, batch_size=per_worker, sampler=val_sampler, collate_fn=collate)
+    val_loader = eval_loader(val_ds, modality, per_worker=per_worker, world=world, rank=rank)
 
     def report(metrics: dict[str, float], **state: Any) -> None:
         """Every rank reports (a barrier); rank 0 attaches the checkpoint."""
