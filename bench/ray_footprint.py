@@ -11,7 +11,15 @@ spawned process, taking turns going first over ``--repeats`` rounds:
     no prestarted workers, none of Ray Train's placement-group cleaner, dataset manager and
     autoscaler actors (``docs/cluster.md``);
   * ``full``: the same with ``VAEFLOW_RAY_LEAN=0``: the private cluster with all of Ray's parts, as
-    vaeflow started it before.
+    vaeflow started it before;
+  * ``attached`` (only when asked for with ``--variants``): a cluster that outlives its jobs. The
+    measuring process starts a head as ``docs/cluster.md`` shows (``ray start --head --block``,
+    dashboard and job server on 127.0.0.1, token auth), then runs ``--jobs-per-cluster`` jobs one
+    after another, each a fresh driver process with ``RAY_ADDRESS`` set (what a second ``vaeflow
+    train`` or a later ``dvc repro`` stage would do), then stops the head. The head's start and stop
+    are reported apart (paid once per machine, not per job); a job's outside seconds are its own
+    driver's wall time minus its training passes, and the row is the last job's (the first may pay
+    for a cold page cache). Memory is the whole tree: head, its daemons and actors, and the job.
 
 For each: the training pass per epoch (median of epochs 2…n, from the epoch rows), the seconds
 outside the training passes (process wall − the sum of all training passes: interpreter and
@@ -26,13 +34,20 @@ called, which is where a start-up second goes.
 
     python bench/ray_footprint.py                 # image quick model, 10k images, 4 epochs, 3 rounds: ~15 min on 2 cores
     python bench/ray_footprint.py --workers 2 --cpus-per-worker 1 --repeats 2
+    python bench/ray_footprint.py --variants bare lean attached    # is a long-lived cluster cheaper per job?
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing as mp
 import os
 import re
+import secrets
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +57,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import PssTreeMonitor, median, print_table, run_monitored, write_json
+from bench._common import PssTreeMonitor, _child_entry, median, print_table, run_monitored, write_json
 
-VARIANTS = ("bare", "lean", "full")
+VARIANTS = ("bare", "lean", "full", "attached")
+DEFAULT_VARIANTS = ("bare", "lean", "full")
 
 
 # Titles a Ray worker process wears for a moment before its actor's own: an idle pooled worker, and
@@ -81,6 +97,8 @@ def role(cmd: str, is_root: bool = False) -> str:
         return "driver (the job's process)"
     if cmd.startswith("ray::"):
         return re.split(r"[ .]", cmd)[0]
+    if " start --head" in cmd:
+        return "ray start --head (the head)"
     for name in ("gcs_server", "raylet", "dashboard/agent.py", "dashboard.py", "log_monitor", "monitor.py",
                  "runtime_env", "ray-dashboard-"):
         if name in cmd:
@@ -113,21 +131,87 @@ def _train(variant: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
     result = fit(config, processed, run_name=f"{variant}-{os.getpid()}", run_id=run_id, progress=False)
     t3 = time.time()
     return {"train_s": [r["epoch_time_s"] for r in result.history], "ray_init_s": t1 - t0,
-            "mlflow_run_s": t2 - t1, "fit_s": t3 - t2, "fit_called_at": t2}
+            "mlflow_run_s": t2 - t1, "fit_s": t3 - t2, "fit_called_at": t2, "pid": os.getpid()}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _attached(args: dict[str, Any], work: Path) -> dict[str, Any]:
+    """A ``ray start`` head in this process's tree, ``args['jobs_per_cluster']`` jobs on it one after
+    another (each a spawned driver process), then the head stopped; the last job's figures."""
+    port, dashboard = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VAEFLOW_RAY_LEAN")}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    log = work / f"head_{os.getpid()}.log"
+    started = time.time()
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--num-cpus={args['workers'] * args['cpus_per_worker']}",
+         "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
+         f"--ray-client-server-port={_free_port()}"],
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while "Ray runtime started" not in log.read_text():
+            if head.poll() is not None or time.time() - started > 180:
+                raise RuntimeError("the Ray head did not start: " + log.read_text()[-2000:])
+            time.sleep(0.2)
+        head_start_s = time.time() - started
+        os.environ.update({"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token",
+                           "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"]})
+        jobs = []
+        for i in range(args["jobs_per_cluster"]):
+            result_file, job_log = work / f"attached_job_{os.getpid()}_{i}.json", work / f"attached_job_{os.getpid()}_{i}.log"
+            t = time.time()
+            proc = mp.get_context("spawn").Process(target=_child_entry,
+                                                   args=(_train, ("attached", args, work), str(result_file), str(job_log)))
+            proc.start()
+            proc.join()
+            result = json.loads(result_file.read_text()) if result_file.is_file() else {"ok": False, "error": "no result"}
+            if not result.pop("ok"):
+                raise RuntimeError(f"attached job {i + 1} failed: {result.get('error')}\n{job_log.read_text()[-3000:]}")
+            jobs.append(result | {"wall_s": time.time() - t})
+    finally:
+        stopping = time.time()
+        # This head's process group only (never `ray stop`: it stops every cluster on the machine). On
+        # SIGTERM a head drains for up to 30 s; there is nothing to drain here, so 5 s, then SIGKILL.
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        head_stop_s = time.time() - stopping
+    return jobs[-1] | {"head_start_s": head_start_s, "head_stop_s": head_stop_s, "jobs": jobs}
+
+
+def _job_in_process(variant: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
+    """What one spawned measurement process runs: a job (bare, lean, full), or a head and its jobs."""
+    return _attached(args, work) if variant == "attached" else _train(variant, args, work)
 
 
 def run_variant(variant: str, args: dict[str, Any], work: Path, round_: int) -> dict[str, Any]:
     """One job in a spawned process while its process tree is sampled."""
     load = os.getloadavg()[0]
-    result, monitor, wall = run_monitored(_train, (variant, args, work), work / f"{variant}_{round_}.json",
+    result, monitor, wall = run_monitored(_job_in_process, (variant, args, work), work / f"{variant}_{round_}.json",
                                           work / f"{variant}_{round_}.log", variant, TimelineMonitor)
     root = monitor.root.pid
     steady = median(result["train_s"][1:] or result["train_s"])
+    if variant == "attached":  # one job's driver, not the head's life
+        wall = result["wall_s"]
     summary = monitor.summary()
     processes = []
+    drivers = {job["pid"]: i for i, job in enumerate(result.get("jobs", []))}
     for pid, first in sorted(monitor.first_seen.items(), key=lambda kv: kv[1]):
         cmd = monitor.commands.get(pid, "?")
-        processes.append({"process": role(cmd, pid == root), "pid": pid, "peak_pss_mb": monitor.peak_pss.get(pid, 0) / 1024,
+        if variant == "attached" and (pid == root or pid in drivers):  # the root only starts the head
+            name = f"driver (job {drivers[pid] + 1})" if pid in drivers else "bench process (runs the head)"
+        else:
+            name = role(cmd, pid == root)
+        processes.append({"process": name, "pid": pid, "peak_pss_mb": monitor.peak_pss.get(pid, 0) / 1024,
                           "cpu_s": monitor.cpu.get(pid, 0.0),
                           # seconds after fit() was called (negative: started before it)
                           "appeared_after_fit_s": (monitor.started + first - result["fit_called_at"])
@@ -137,7 +221,8 @@ def run_variant(variant: str, args: dict[str, Any], work: Path, round_: int) -> 
         "outside_train_s": wall - sum(result["train_s"]), "peak_pss_tree_mb": summary["peak_pss_tree_mb"],
         "peak_rss_tree_mb": summary["peak_rss_tree_mb"], "cpu_s_tree": summary["cpu_s_tree"],
         "processes_seen": summary["processes_seen"], "load_avg_1min_before": load,
-        **{k: result[k] for k in ("ray_init_s", "mlflow_run_s", "fit_s") if k in result},
+        **{k: result[k] for k in ("ray_init_s", "mlflow_run_s", "fit_s", "head_start_s", "head_stop_s", "jobs")
+           if k in result},
         "processes": processes,
     }
 
@@ -163,7 +248,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cpus-per-worker", type=int, default=min(2, os.cpu_count() or 1),
                    help="CPUs of each Ray worker (bare: workers × this many torch threads)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
+    p.add_argument("--jobs-per-cluster", type=int, default=2,
+                   help="attached: jobs run one after another on one `ray start` head (the last is reported)")
     p.add_argument("--out", help="JSON path (default bench/results/ray_footprint.json)")
     args = p.parse_args(argv)
     if args.epochs < 2:
@@ -210,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu_s_tree": median([x["cpu_s_tree"] for x in mine]), "processes": median([x["processes_seen"] for x in mine]),
         })
     print_table(rows, f"Per job, medians over {args.repeats} rounds (ratios: per round against bare, then the median)")
-    for v in ("lean", "full"):
+    for v in ("lean", "full", "attached"):
         last = [x for x in runs if x["variant"] == v]
         if last:
             x = last[-1]

@@ -30,3 +30,20 @@ def test_ray_footprint_bench_measures_bare_lean_and_full(tmp_path):
     assert "ray::RayTrainWorker" in roles["lean"] and "ray::TrainController" in roles["lean"]
     for v in ("lean", "full"):
         assert len(runs[v]["train_s"]) == 2 and runs[v]["ray_init_s"] > 0
+
+
+# About 90 s (a bare loop, then a `ray start` head with two jobs on it): -m slow.
+@pytest.mark.slow
+def test_ray_footprint_bench_runs_jobs_on_a_head_that_outlives_them(tmp_path):
+    out = tmp_path / "ray_footprint.json"
+    ray_footprint.main(["--preset", "tiny", "--epochs", "2", "--train-limit", "512", "--repeats", "1",
+                        "--variants", "bare", "attached", "--jobs-per-cluster", "2", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert [row["trainer"] for row in record["rows"]] == ["bare", "attached"]
+    run = next(r for r in record["runs"] if r["variant"] == "attached")
+    assert len(run["jobs"]) == 2 and run["head_start_s"] > 0
+    assert run["jobs"][0]["pid"] != run["jobs"][1]["pid"]  # each job its own driver process
+    assert run["jobs"][1]["ray_init_s"] < run["head_start_s"]  # joining, not starting, a cluster
+    roles = {p["process"] for p in run["processes"]}
+    assert {"ray start --head (the head)", "driver (job 1)", "driver (job 2)", "ray::RayTrainWorker"} <= roles
+    assert run["outside_train_s"] == pytest.approx(run["jobs"][1]["wall_s"] - sum(run["jobs"][1]["train_s"]))
