@@ -52,6 +52,14 @@ def ray_processes(title: str) -> list:
     return found
 
 
+def cpu_has_native_bf16() -> bool:
+    """From the kernel's CPU flags, not torch: AVX512-BF16 or AMX-BF16 (what ``train.precision: auto``
+    should pick bf16 for)."""
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

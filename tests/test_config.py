@@ -89,7 +89,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
         ("trian.epochs=3", r"unknown key trian in config; allowed keys: modality, seed, data"),
         ("train.epochs=three", r"train\.epochs: expected int, got str 'three'"),
         ("train.use_gpu=1", r"train\.use_gpu: expected bool, got int 1"),
-        ("train.precision=fp16", r"train\.precision: 'fp16' is not allowed; use one of 'fp32' \| 'bf16'"),
+        ("train.precision=fp16", r"train\.precision: 'fp16' is not allowed; use one of 'fp32' \| 'bf16' \| 'auto'"),
         ("model.encoder.name=transformer", r"model\.encoder\.name: unknown encoder 'transformer'; allowed: (\w+, )*conv2d\b"),
         ("model.encoder.depth=3", r"unknown key model\.encoder\.depth for encoder 'conv2d'; allowed keys: name, channels, hidden"),
         ("model.encoder.channels=[8, x]", r"model\.encoder\.channels\[1\]: expected int"),

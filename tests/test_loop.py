@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from vaeflow.modalities.image.data import ImageData
 from vaeflow.modalities.molecule.data import MoleculeData
 from vaeflow.models.vae import build_model
-from vaeflow.training.loop import NonFiniteLossError, run_epoch, seeded_generator
-from tests.conftest import MOL_TINY, tiny_config
+from vaeflow.training.loop import NonFiniteLossError, resolve_precision, run_epoch, seeded_generator
+from tests.conftest import MOL_TINY, cpu_has_native_bf16, tiny_config
 
 
 def _setup(tiny_data, tmp_path, *overrides):
@@ -67,6 +67,12 @@ def test_bf16_autocast_runs_on_cpu(tiny_data, tmp_path):
                       generator=seeded_generator(cpu, 0))
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert next(model.parameters()).dtype == torch.float32  # weights stay fp32; only the forward is bf16
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_bf16():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16")] == ["fp32", "bf16"]  # asked for: as asked
 
 
 def _resume_from_step_3_matches_uninterrupted(model, loader, modality, config) -> None:

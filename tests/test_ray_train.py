@@ -17,7 +17,7 @@ from vaeflow.config import ConfigError
 from vaeflow.serving import PREDICT_PARAMS
 from vaeflow.training import checkpoint
 from vaeflow.training.ray import SCORE, _out_of_time, fit
-from tests.conftest import ray_processes, tiny_config
+from tests.conftest import cpu_has_native_bf16, ray_processes, tiny_config
 
 
 def _steps(client: MlflowClient, run_id: str, key: str = SCORE) -> list[int]:
@@ -52,7 +52,7 @@ class _ControllerWatch(threading.Thread):
 
 
 def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
-    config = tiny_config(project, "train.epochs=2")
+    config = tiny_config(project, "train.epochs=2", "train.precision=auto")
     paths = stages.Paths.for_modality("image", project)
     with _ControllerWatch() as controller:
         metrics = stages.train(config, paths, progress=False)
@@ -75,6 +75,9 @@ def test_train_stage_two_workers_one_run_registered_model(project, ray_cluster):
     assert r.data.params["train.num_workers"] == "2" and r.data.params["model.encoder.name"] == "conv2d"
     assert r.data.tags["git_commit"] and len(r.data.tags["vaeflow.data_sha256"]) == 64
     assert _steps(client, r.info.run_id) == [1, 2]
+    # "auto" was decided on the workers' device, and each epoch says what it was.
+    chosen = [m.value for m in client.get_metric_history(r.info.run_id, "autocast_bf16")]
+    assert chosen == [float(cpu_has_native_bf16())] * 2
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
     assert artifacts == {"plots/training_curves.png", "plots/history.csv"}
 

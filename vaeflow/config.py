@@ -273,8 +273,12 @@ class TrainConfig:
     # model in the same epochs (validation −ELBO +1.2–1.9 nats on 8k MOSES, seed spread 0.2; see
     # bench/results/molecule_throughput_quality_8k.json). Worth it only where time, not epochs, is fixed.
     length_buckets: int = 0
-    # bf16 autocast for forward passes (GPU or CPU); the loss is always reduced in fp32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # bf16 autocast for forward passes (GPU or CPU); the loss is always reduced in fp32. "auto": bf16
+    # where the worker's device computes it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or
+    # AMX), fp32 elsewhere (emulated bf16 is slower than fp32); each epoch row records the choice as
+    # `autocast_bf16`. On such a CPU the molecule model trains 1.6x faster at the same validation
+    # -ELBO (BENCHMARKS §13).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # Ray Train results and checkpoints; a relative path is taken from the working directory.
     storage_path: str = "ray_results"
     # Checkpoints kept by validation loss (the latest is always kept for resume).

@@ -41,9 +41,27 @@ def seeded_generator(device: torch.device, *parts: Any) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16 (Ampere on), or a CPU with
+    AVX512-BF16 or AMX instructions. Elsewhere torch emulates bf16, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` as it runs on ``device``: "auto" becomes "bf16" where the device computes
+    bf16 natively (``native_bf16``), else "fp32"; "fp32" and "bf16" stay as they are."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or GPU when asked for; a no-op for fp32."""
-    if precision == "bf16":
+    """bf16 autocast on CPU or GPU when asked for ("auto": see ``resolve_precision``); a no-op for fp32."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -39,7 +39,7 @@ from vaeflow.training.backend import TorchWorkersConfig
 from vaeflow.training.batching import eval_loader
 from vaeflow.training.batching import train_loader as make_train_loader
 from vaeflow.training.epoch_log import HISTORY_FILE
-from vaeflow.training.loop import NonFiniteLossError, metric_names, run_epoch, seeded_generator
+from vaeflow.training.loop import NonFiniteLossError, metric_names, resolve_precision, run_epoch, seeded_generator
 from vaeflow.training.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,12 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config.train.cpus_per_worker)  # never oversubscribe: workers × threads ≤ cores
     device = ray.train.torch.get_device()
+    auto_precision = config.train.precision == "auto"
+    if auto_precision:  # decided here, on the device that computes
+        config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, precision=resolve_precision("auto", device)))
+        if rank == 0:
+            print(f"train.precision auto: {config.train.precision} on this {device.type}", flush=True)
     modality = registry.MODALITIES.get_or_raise(config.modality).data
     train_ds, val_ds = ray.get(cfg["train"]), ray.get(cfg["val"])
     monitor = None if cfg.get("monitor") is None else ray.get(cfg["monitor"])
@@ -329,6 +335,8 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         row = {"epoch": epoch + 1} | {k: v for k, v in train.items() if k not in metrics}
         row |= {"epoch_time_s": seconds, "train_examples_per_s": len(train_loader) * per_worker * world / seconds}
         row |= {f"train_{k}": train[k] for k in metrics} | {f"val_{k}": val[k] for k in metrics}
+        if auto_precision:
+            row["autocast_bf16"] = float(config.train.precision == "bf16")
         if monitor is not None and monitor.due(epoch + 1):
             row |= _measure(monitor, unwrap(model), rank, device, seeded_generator(device, config.seed, "monitor", epoch))
         history.append(row)
