@@ -11,7 +11,10 @@ Protocol (quick preset model and batch, a seeded MOSES subset, side by side in o
         (token rows as wide as the split's longest molecule: the collate of ``--baseline-rev``);
       - ``trimmed``: the same batches, token rows cut to the batch's longest (vaeflow's collate now);
       - ``bucketed``: ``train.length_buckets`` batches (``vaeflow.training.batching``);
-    ``today`` and ``bucketed`` train ``--epochs`` epochs for each of ``--seeds`` seeds (validation
+      - ``bf16``: ``trimmed``'s batches with ``train.precision: bf16`` (torch's CPU autocast; fast
+        only where the CPU has native bf16 instructions, e.g. AVX512-BF16 or AMX: the record
+        names the CPU's capability);
+    ``today``, ``bucketed`` and ``bf16`` train ``--epochs`` epochs for each of ``--seeds`` seeds (validation
     −ELBO after the same epochs: equal quality), ``trimmed`` two epochs per seed (its loss is today's,
     exactly). Throughput = training molecules / training-pass seconds, median of epochs 2..n;
   * ray: vaeflow's real path (``vaeflow.training.ray.fit``, 2 workers × 1 CPU as the quick preset,
@@ -58,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESET = "configs/molecule/quick.yaml"
 BASELINE_REV = "2732954"  # the commit before length buckets and per-batch token trimming
 CPU = torch.device("cpu")
+VARIANTS = ("today", "trimmed", "bucketed", "bf16")
 
 
 def _config(work: Path, *overrides: str, root: Path = ROOT) -> cfg.ExperimentConfig:
@@ -204,6 +208,9 @@ def gru_packing(ds: Any, modality: Any, config: cfg.ExperimentConfig, spec: dict
 def bare(variant: str, ds: Any, val_ds: Any, modality: Any, config: cfg.ExperimentConfig, spec: dict[str, Any],
          buckets: int, epochs: int) -> dict[str, Any]:
     """Train ``epochs`` epochs in this process; per-epoch training seconds and validation −ELBO."""
+    scored = config  # validation in fp32 for every variant: the same yardstick
+    if variant == "bf16":  # trimmed batches, trained under bf16 autocast
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision="bf16"))
     loader, sampler = loader_for(variant, ds, modality, config, buckets)
     val = DataLoader(val_ds, batch_size=config.train.batch_size, collate_fn=modality.collate_fn())
     torch.manual_seed(config.seed)  # the same initial weights for every variant of a seed
@@ -216,7 +223,7 @@ def bare(variant: str, ds: Any, val_ds: Any, modality: Any, config: cfg.Experime
         run_epoch(model, loader, modality, config, epoch=epoch, device=CPU, optimizer=optimizers,
                   generator=seeded_generator(CPU, config.seed, "train", epoch))
         train_s.append(time.perf_counter() - t0)
-        val_neg_elbo.append(run_epoch(model, val, modality, config, epoch=epoch, device=CPU,
+        val_neg_elbo.append(run_epoch(model, val, modality, scored, epoch=epoch, device=CPU,
                                       generator=seeded_generator(CPU, config.seed, "val"))["neg_elbo"])
     examples = len(loader) * config.train.batch_size
     return {"variant": variant, "seed": config.seed, "train_s": train_s, "examples": examples,
@@ -278,9 +285,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="torch threads of the bare loop (1 = one Ray worker's; 2 on a loaded 2-core machine spin-waits)")
     parser.add_argument("--profile-steps", type=int, default=4)
     parser.add_argument("--baseline-rev", default=BASELINE_REV, help="the code Ray's `today` runs (git revision)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="bare variants to train (today, the baseline, always runs)")
     parser.add_argument("--no-ray", dest="ray", action="store_false", help="skip the Ray Train runs")
     parser.add_argument("--out", help="JSON path (default bench/results/molecule_throughput.json)")
     args = parser.parse_args(argv)
+    args.variants = ["today", *(v for v in VARIANTS if v in args.variants and v != "today")]
 
     torch.set_num_threads(args.threads)
     modality = registry.MODALITIES.get_or_raise("molecule").data
@@ -295,10 +305,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ds, val_ds = modality.load(paths.processed, "train"), modality.load(paths.processed, "val")
         spec = modality.input_spec(paths.processed)
         lengths = modality.lengths(ds).float()
+        record["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # e.g. AVX512: what bf16 runs on
         record["data"] = {"train": len(ds), "val": len(val_ds), "split_width": int(ds.data["tokens"].shape[1]),
                           "mean_tokens": float(lengths.mean()), "std_tokens": float(lengths.std())}
 
-        variants = ("today", "trimmed", "bucketed")
+        variants = args.variants
         tokens = {}
         for v in variants:
             loader, sampler = loader_for(v, ds, modality, config, args.buckets)
@@ -324,9 +335,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"Ray Train, 2 workers × 1 CPU: today ({args.baseline_rev})", flush=True)
             ray_runs.append({"variant": "today"} | ray_job("ray-today", base, work / "ray-today", paths.processed,
                                                            ray_common, examples, 2))
-            print("Ray Train, 2 workers × 1 CPU: bucketed (this tree)", flush=True)
-            ray_runs.append({"variant": "bucketed"} | ray_job("ray-bucketed", ROOT, work / "ray-bucketed", paths.processed,
-                                                              [*ray_common, f"train.length_buckets={args.buckets}"], examples, 2))
+            this_tree = {"bucketed": [f"train.length_buckets={args.buckets}"], "bf16": ["train.precision=bf16"]}
+            for v in (v for v in variants if v in this_tree):
+                print(f"Ray Train, 2 workers × 1 CPU: {v} (this tree)", flush=True)
+                ray_runs.append({"variant": v} | ray_job(f"ray-{v}", ROOT, work / f"ray-{v}", paths.processed,
+                                                         [*ray_common, *this_tree[v]], examples, 2))
 
     def rate(v: str) -> float:
         return median([r["molecules_per_s"] for r in runs if r["variant"] == v])
@@ -343,11 +356,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "vs_today": r["molecules_per_s"] / ray_runs[0]["molecules_per_s"],
                      "vs_bare_same_batching": r["molecules_per_s"] / rate(r["variant"]),
                      "val_neg_elbo_per_seed": f"{r['val_neg_elbo'][-1]:.2f}"})
-    today, bucketed = final("today"), final("bucketed")
+    today = final("today")
+    scored = [v for v in variants if v not in ("today", "trimmed")]  # trimmed's loss is today's, exactly
     quality = {
-        "epochs": args.epochs,
-        "bare_today": today, "bare_bucketed": bucketed,
-        "bare_mean_difference": statistics.mean(b - a for a, b in zip(today, bucketed)),
+        "epochs": args.epochs, "bare_today": today, **{f"bare_{v}": final(v) for v in scored},
+        # validation −ELBO of the variant minus today's, mean over seeds (positive: worse)
+        **{f"bare_mean_difference_{v}": statistics.mean(b - a for a, b in zip(today, final(v))) for v in scored},
         # Seed-to-seed spread of today's runs: the noise a difference is read against.
         "bare_seed_sd_today": statistics.stdev(today) if len(today) > 1 else None,
         "ray": {r["variant"]: r["val_neg_elbo"][-1] for r in ray_runs},

@@ -18,7 +18,7 @@ def test_molecule_throughput_bench_times_and_scores_every_variant(tmp_path):
                               "--buckets", "1", "--profile-steps", "2", "--threads", "1", "--no-ray", "--out", str(out)])
     record = json.loads(out.read_text())
     rows = {row["variant"]: row for row in record["rows"]}
-    assert list(rows) == ["today", "trimmed", "bucketed"]
+    assert list(rows) == ["today", "trimmed", "bucketed", "bf16"]
     for row in rows.values():
         assert math.isfinite(row["molecules_per_s"]) and row["molecules_per_s"] > 0, row
     assert rows["today"]["vs_today"] == pytest.approx(1.0)
@@ -30,3 +30,5 @@ def test_molecule_throughput_bench_times_and_scores_every_variant(tmp_path):
     for p in record["profile"]:
         assert p["decoder_fwd_bwd_ms"] > 0 and p["encoder_fwd_bwd_ms"] > 0 and p["top_ops"]
     assert len(record["quality"]["bare_today"]) == len(record["quality"]["bare_bucketed"]) == 1
+    assert len(record["quality"]["bare_bf16"]) == 1 and math.isfinite(record["quality"]["bare_mean_difference_bf16"])
+    assert tokens["bf16"] == tokens["trimmed"]  # the same batches, only the arithmetic differs
