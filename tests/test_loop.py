@@ -67,6 +67,12 @@ def test_bf16_autocast_runs_on_cpu(tiny_data, tmp_path):
                       generator=seeded_generator(cpu, 0))
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert next(model.parameters()).dtype == torch.float32  # weights stay fp32; only the forward is bf16
+    # Validation runs in fp32 whatever the training precision: the same score as an fp32 config's.
+    fp32 = tiny_config(tmp_path)
+    val = DataLoader(m.load(tiny_data / "data/processed/image", "val"), batch_size=128)
+    scores = [run_epoch(model, val, m, c, epoch=0, device=cpu, generator=seeded_generator(cpu, 0, "val"))
+              for c in (config, fp32)]
+    assert scores[0] == scores[1]
 
 
 def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_bf16():

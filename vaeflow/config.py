@@ -273,7 +273,8 @@ class TrainConfig:
     # model in the same epochs (validation −ELBO +1.2–1.9 nats on 8k MOSES, seed spread 0.2; see
     # bench/results/molecule_throughput_quality_8k.json). Worth it only where time, not epochs, is fixed.
     length_buckets: int = 0
-    # bf16 autocast for forward passes (GPU or CPU); the loss is always reduced in fp32. "auto": bf16
+    # bf16 autocast for training forward passes (GPU or CPU); the loss is always reduced in fp32, and
+    # validation and evaluate run in fp32, so runs at different precisions score alike. "auto": bf16
     # where the worker's device computes it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or
     # AMX), fp32 elsewhere (emulated bf16 is slower than fp32); each epoch row records the choice as
     # `autocast_bf16`. On such a CPU the molecule model trains 1.6x faster at the same validation

@@ -119,7 +119,8 @@ def run_epoch(
     on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
     reseed: Callable[[int], torch.Generator] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; trains when optimizers are given, else evaluates under no_grad.
+    """One pass over ``loader``; trains when optimizers are given (under ``train.precision``'s
+    autocast), else evaluates under no_grad, in fp32.
 
     The model's family (``family_of(model)``) gives the named terms of each batch and, through its
     ``objective``, the weight of each term in each optimizer's loss; this loop sums and steps them
@@ -169,7 +170,8 @@ def run_epoch(
             inputs = modality.model_inputs(batch, config.data, train=train, generator=generator)
             if train:
                 objective = family.objective(config, epoch + (step / n_steps if n_steps else 0.0))
-            with autocast(config.train.precision, device):
+            # Evaluation always in fp32: validation scores of runs at different precisions compare.
+            with autocast(config.train.precision if train else "fp32", device):
                 terms = family.terms(model, inputs, config=config, generator=generator)
             loss = {name: sum(w * terms[t] for t, w in objective.weights[name].items()) for name in losses}
             if train:
