@@ -208,9 +208,10 @@ def gru_packing(ds: Any, modality: Any, config: cfg.ExperimentConfig, spec: dict
 def bare(variant: str, ds: Any, val_ds: Any, modality: Any, config: cfg.ExperimentConfig, spec: dict[str, Any],
          buckets: int, epochs: int) -> dict[str, Any]:
     """Train ``epochs`` epochs in this process; per-epoch training seconds and validation −ELBO."""
-    scored = config  # validation in fp32 for every variant: the same yardstick
-    if variant == "bf16":  # trimmed batches, trained under bf16 autocast
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision="bf16"))
+    # Every variant but bf16 trains in fp32, whatever the preset's train.precision says ("auto" is
+    # bf16 on a CPU with bf16 instructions); validation is fp32 for all (run_epoch's rule).
+    precision = "bf16" if variant == "bf16" else "fp32"
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=precision))
     loader, sampler = loader_for(variant, ds, modality, config, buckets)
     val = DataLoader(val_ds, batch_size=config.train.batch_size, collate_fn=modality.collate_fn())
     torch.manual_seed(config.seed)  # the same initial weights for every variant of a seed
@@ -223,7 +224,7 @@ def bare(variant: str, ds: Any, val_ds: Any, modality: Any, config: cfg.Experime
         run_epoch(model, loader, modality, config, epoch=epoch, device=CPU, optimizer=optimizers,
                   generator=seeded_generator(CPU, config.seed, "train", epoch))
         train_s.append(time.perf_counter() - t0)
-        val_neg_elbo.append(run_epoch(model, val, modality, scored, epoch=epoch, device=CPU,
+        val_neg_elbo.append(run_epoch(model, val, modality, config, epoch=epoch, device=CPU,
                                       generator=seeded_generator(CPU, config.seed, "val"))["neg_elbo"])
     examples = len(loader) * config.train.batch_size
     return {"variant": variant, "seed": config.seed, "train_s": train_s, "examples": examples,
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vaeflow-bench-") as tmp:
         work = Path(tmp)
         data = [f"data.limit_train={args.train_limit}", f"data.val_size={args.val_size}", "data.limit_test=200"]
-        config = _config(work, *data, f"train.epochs={args.epochs}", "train.length_buckets=0")
+        config = _config(work, *data, f"train.epochs={args.epochs}", "train.length_buckets=0", "train.precision=fp32")
         paths = stages.Paths.for_modality("molecule", work)
         print(f"preparing {args.train_limit} MOSES training molecules", flush=True)
         stages.prepare(config, paths, progress=False)
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"Ray Train, 2 workers × 1 CPU: today ({args.baseline_rev})", flush=True)
             ray_runs.append({"variant": "today"} | ray_job("ray-today", base, work / "ray-today", paths.processed,
                                                            ray_common, examples, 2))
-            this_tree = {"bucketed": [f"train.length_buckets={args.buckets}"], "bf16": ["train.precision=bf16"]}
+            this_tree = {"bucketed": [f"train.length_buckets={args.buckets}", "train.precision=fp32"],
+                         "trimmed": ["train.precision=fp32"], "bf16": ["train.precision=bf16"]}
             for v in (v for v in variants if v in this_tree):
                 print(f"Ray Train, 2 workers × 1 CPU: {v} (this tree)", flush=True)
                 ray_runs.append({"variant": v} | ray_job(f"ray-{v}", ROOT, work / f"ray-{v}", paths.processed,

@@ -277,8 +277,8 @@ class TrainConfig:
     # validation and evaluate run in fp32, so runs at different precisions score alike. "auto": bf16
     # where the worker's device computes it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or
     # AMX), fp32 elsewhere (emulated bf16 is slower than fp32); each epoch row records the choice as
-    # `autocast_bf16`. On such a CPU the molecule model trains 1.6x faster at the same validation
-    # -ELBO (BENCHMARKS §13).
+    # `autocast_bf16`. On such a CPU the molecule model trains 1.3-1.7x faster at the same
+    # validation -ELBO (BENCHMARKS §13).
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # Ray Train results and checkpoints; a relative path is taken from the working directory.
     storage_path: str = "ray_results"
