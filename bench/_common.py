@@ -281,15 +281,19 @@ def _child_entry(fn: Callable[..., dict[str, Any]], args: tuple, result_file: st
 
 
 def run_monitored(fn: Callable[..., dict[str, Any]], args: tuple, result_file: Path, log_file: Path, what: str,
-                  monitor: type[PssTreeMonitor] = PssTreeMonitor) -> tuple[dict[str, Any], PssTreeMonitor, float]:
+                  monitor: type[PssTreeMonitor] | None = PssTreeMonitor) -> tuple[dict[str, Any], PssTreeMonitor | None, float]:
     """``fn(*args)`` in a fresh spawned process (a module-level function: it is pickled by name) while
-    ``monitor`` samples the process tree; its result dict, the monitor and the wall seconds. A failure
-    raises with the error and the last lines of the child's log."""
+    ``monitor`` (None: nothing) samples the process tree; its result dict, the monitor and the wall
+    seconds. A failure raises with the error and the last lines of the child's log."""
     proc = mp.get_context("spawn").Process(target=_child_entry, args=(fn, args, str(result_file), str(log_file)))
     started = time.perf_counter()
     proc.start()
-    with monitor(proc.pid) as sampled:
+    sampled = None
+    if monitor is None:
         proc.join()
+    else:
+        with monitor(proc.pid) as sampled:
+            proc.join()
     wall = time.perf_counter() - started
     if not result_file.is_file() or not (result := json.loads(result_file.read_text()))["ok"]:
         tail = log_file.read_text()[-3000:] if log_file.is_file() else ""

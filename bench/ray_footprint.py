@@ -40,8 +40,6 @@ called, which is where a start-up second goes.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import re
 import secrets
@@ -57,7 +55,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import PssTreeMonitor, _child_entry, median, print_table, run_monitored, write_json
+from bench._common import PssTreeMonitor, median, print_table, run_monitored, write_json
 
 VARIANTS = ("bare", "lean", "full", "attached")
 DEFAULT_VARIANTS = ("bare", "lean", "full")
@@ -164,16 +162,10 @@ def _attached(args: dict[str, Any], work: Path) -> dict[str, Any]:
                            "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"]})
         jobs = []
         for i in range(args["jobs_per_cluster"]):
-            result_file, job_log = work / f"attached_job_{os.getpid()}_{i}.json", work / f"attached_job_{os.getpid()}_{i}.log"
-            t = time.time()
-            proc = mp.get_context("spawn").Process(target=_child_entry,
-                                                   args=(_train, ("attached", args, work), str(result_file), str(job_log)))
-            proc.start()
-            proc.join()
-            result = json.loads(result_file.read_text()) if result_file.is_file() else {"ok": False, "error": "no result"}
-            if not result.pop("ok"):
-                raise RuntimeError(f"attached job {i + 1} failed: {result.get('error')}\n{job_log.read_text()[-3000:]}")
-            jobs.append(result | {"wall_s": time.time() - t})
+            name = work / f"attached_job_{os.getpid()}_{i}"
+            result, _, wall = run_monitored(_train, ("attached", args, work), name.with_suffix(".json"),
+                                            name.with_suffix(".log"), f"attached job {i + 1}", monitor=None)
+            jobs.append(result | {"wall_s": wall})
     finally:
         stopping = time.time()
         # This head's process group only (never `ray stop`: it stops every cluster on the machine). On

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable
@@ -41,6 +42,7 @@ def seeded_generator(device: torch.device, *parts: Any) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU with bf16 (Ampere on), or a CPU with
     AVX512-BF16 or AMX instructions. Elsewhere torch emulates bf16, slower than fp32."""
