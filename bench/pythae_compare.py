@@ -314,7 +314,7 @@ def _train_loop(job: Job) -> dict[str, Any]:
     from vaeflow.training.batching import train_loader
     from vaeflow.training.loop import run_epoch, seeded_generator
 
-    from vaeflow.training.malloc import keep_freed_memory
+    from vaeflow.malloc import keep_freed_memory
 
     config = cfg.from_dict(cfg.ExperimentConfig, job.config)
     t = config.train

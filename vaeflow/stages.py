@@ -362,9 +362,9 @@ def evaluate(config: ExperimentConfig, paths: Paths, *, progress: bool = True) -
     from vaeflow.models.families import family_of
     from vaeflow.training.likelihood import iwae_nll
     from vaeflow.training.loop import run_epoch
-    from vaeflow.training.malloc import keep_freed_memory
+    from vaeflow.malloc import keep_freed_memory
 
-    keep_freed_memory()  # the IWAE passes reuse their buffers (training/malloc.py)
+    keep_freed_memory()  # the IWAE passes reuse their buffers (vaeflow/malloc.py)
     modality = _modality(config)
     model, run = _load_trained(paths, config)
     family = family_of(model)

@@ -40,7 +40,7 @@ from vaeflow.training.batching import eval_loader
 from vaeflow.training.batching import train_loader as make_train_loader
 from vaeflow.training.epoch_log import HISTORY_FILE
 from vaeflow.training.loop import NonFiniteLossError, metric_names, resolve_precision, run_epoch, seeded_generator
-from vaeflow.training.malloc import keep_freed_memory
+from vaeflow.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
