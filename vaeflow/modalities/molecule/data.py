@@ -37,6 +37,7 @@ from vaeflow.modalities.molecule.config import MoleculeDataConfig as DataConfig
 from vaeflow.modalities.base import ModalityData, ModelInputs, ServingRows
 from vaeflow.download import RemoteFile, fetch
 from vaeflow.io import atomic_path
+from vaeflow.malloc import release_freed_memory
 from vaeflow.registry import DATASETS
 from vaeflow.models.decoders.selfies_gru import EOS, PAD, SPECIALS
 from vaeflow.splits import subset
@@ -510,19 +511,30 @@ def _map_ray(chunks: Iterator[Any], fn: Callable[..., Chunk], kwargs: dict[str, 
 # --- storage --------------------------------------------------------------------------------------
 
 
-def _collate_chunks(chunks: list[Chunk], n_props: int = len(chem.PROPERTIES)) -> dict[str, Any]:
-    """Concatenate chunks into one InMemoryDataset-style dict (tensors + per-molecule offsets)."""
-    n_atoms = np.concatenate([c.n_atoms for c in chunks]) if chunks else np.zeros(0, np.int64)
-    n_edges = np.concatenate([c.n_edges for c in chunks]) if chunks else np.zeros(0, np.int64)
+def _collate_chunks(chunks: list[Chunk], n_props: int = len(chem.PROPERTIES),
+                    lists: Sequence[str] = ("lines",)) -> dict[str, Any]:
+    """Concatenate chunks into one InMemoryDataset-style dict (tensors + per-molecule offsets) with
+    the per-molecule lists named in ``lists``. The chunks are emptied field by field as each field is
+    copied, so the peak holds one field twice, not the whole split."""
+
+    def take(field: str) -> list[Any]:
+        parts = [getattr(c, field) for c in chunks]
+        for c in chunks:
+            setattr(c, field, None)
+        return parts
+
+    def cat(field: str, empty: torch.Tensor, axis: int = 0) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate(take(field), axis)) if chunks else empty
+
+    n_atoms, n_edges = (np.concatenate(take(f)) if chunks else np.zeros(0, np.int64) for f in ("n_atoms", "n_edges"))
     return {
-        "atoms": torch.from_numpy(np.concatenate([c.atoms for c in chunks])) if chunks else torch.zeros(0, len(ATOM_FEATURES), dtype=torch.int8),
-        "edge_index": torch.from_numpy(np.concatenate([c.edge_index for c in chunks], 1)) if chunks else torch.zeros(2, 0, dtype=torch.int16),
-        "bonds": torch.from_numpy(np.concatenate([c.bonds for c in chunks])) if chunks else torch.zeros(0, len(BOND_FEATURES), dtype=torch.int8),
+        "atoms": cat("atoms", torch.zeros(0, len(ATOM_FEATURES), dtype=torch.int8)),
+        "edge_index": cat("edge_index", torch.zeros(2, 0, dtype=torch.int16), axis=1),
+        "bonds": cat("bonds", torch.zeros(0, len(BOND_FEATURES), dtype=torch.int8)),
         "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_atoms)])),
         "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_edges)])),
-        "properties": torch.from_numpy(np.concatenate([c.properties for c in chunks])) if chunks else torch.zeros(0, n_props),
-        "smiles": [s for c in chunks for s in c.smiles],
-        "selfies": [s for c in chunks for s in c.selfies],
+        "properties": cat("properties", torch.zeros(0, n_props)),
+        **{field: [x for part in take(field) for x in part] for field in ("smiles", "selfies", *lists)},
     }
 
 
@@ -723,7 +735,7 @@ class MoleculeData(ModalityData):
                                      total=len(keep), chunk_size=chunk_size, desc=f"featurise {config.dataset} {split}", progress=progress):
                 chunks.append(chunk)
                 rejects += [(split, line, "", smi, why) for line, smi, why in chunk.rejects]
-            splits[split] = _collate_chunks(chunks) | {"lines": [line for c in chunks for line in c.lines]}
+            splits[split] = _collate_chunks(chunks)
         duplicates = drop_duplicates(splits)
         vocab, splits = _tokenize_splits(splits, rejects)
         spec = _spec(config.dataset, splits, vocab, list(source.elements), source.max_atoms, list(chem.PROPERTIES))
@@ -931,11 +943,7 @@ def prepare_files(config: DataConfig, seed: int, out_dir: Path, *, progress: boo
             if rows:
                 parts[split].append(_select(chunk, np.asarray(rows)))
     del first
-    splits = {}
-    for split, chunks in parts.items():
-        splits[split] = _collate_chunks(chunks, n_props) | {"lines": [x for c in chunks for x in c.lines],
-                                                            "ids": [x for c in chunks for x in c.ids]}
-    parts.clear()
+    splits = {split: _collate_chunks(parts.pop(split), n_props, lists=("lines", "ids")) for split in list(parts)}
     duplicates = repeats + drop_duplicates(splits)
     empty = [split for split, data in splits.items() if not data["smiles"]]
     if empty:
@@ -1047,6 +1055,7 @@ def _write(out_dir: Path, splits: dict[str, dict[str, Any]], spec: dict[str, Any
             torch.save({k: v for k, v in data.items() if k != "lines"}, tmp / f"{split}.pt")
         if extra is not None:
             splits.clear()
+            release_freed_memory()  # else the splits' freed pages stay in the reference statistics' peak
         (tmp / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
         with open(tmp / "rejects.csv", "w", newline="") as f:
             w = csv.writer(f)
