@@ -277,3 +277,25 @@ def test_a_private_cluster_trains_without_the_helper_actors_it_cannot_use(ray_cl
     policy = vray._FixedScalingWithoutAutoscaler(ray.train.ScalingConfig(num_workers=1))
     policy.after_controller_start(None)
     policy.make_decision_for_non_running_worker_group()  # no coordinator client needed
+
+
+def test_a_joined_cluster_keeps_the_helpers_that_serve_it_and_drops_the_dataset_manager(ray_cluster, monkeypatch):
+    """On a cluster the job joined (``RAY_ADDRESS``: a `ray start` head, a later DVC stage), the job
+    keeps Ray Train's placement-group cleaner and autoscaler requests (the cluster outlives it) but
+    still starts no dataset manager and no torch in its controller; ``VAEFLOW_RAY_LEAN=0`` gives
+    Ray's own trainer anywhere."""
+    import ray.train
+    import ray.train.torch
+
+    from vaeflow.training import ray as vray
+    from vaeflow.training.backend import TorchWorkersConfig
+
+    monkeypatch.setattr(vray, "_private_cluster", False)
+    assert vray._trainer_class() is vray._LeanTrainer
+    trainer = vray._LeanTrainer(lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1))
+    names = {type(c).__name__ for c in trainer._create_default_callbacks()}
+    assert "PlacementGroupCleanerCallback" in names and "DatasetsCallback" not in names
+    assert isinstance(trainer.backend_config, TorchWorkersConfig)
+    assert not issubclass(vray._LeanTrainer, vray._PrivateClusterTrainer)  # its scaling policy is Ray's
+    monkeypatch.setenv("VAEFLOW_RAY_LEAN", "0")
+    assert vray._trainer_class() is ray.train.torch.TorchTrainer

@@ -144,24 +144,22 @@ def stop_own_cluster() -> None:
     _owns_cluster = False
 
 
-class _PrivateClusterTrainer(ray.train.torch.TorchTrainer):
-    """A ``TorchTrainer`` without the helper actors a private cluster has no use for.
+class _LeanTrainer(ray.train.torch.TorchTrainer):
+    """A ``TorchTrainer`` whose controller does not import torch and that starts no dataset manager:
+    safe on any cluster, a shared long-lived one included.
 
-    Ray Train starts three actors per job beside the controller and the workers, each a Python
-    process that imports Ray (~125 MB, ~2 CPU-seconds to start, polling once a second after):
-    a placement-group cleaner (removes the job's placement group if the controller dies while the
-    cluster lives on), a dataset manager (for Ray Data inputs; vaeflow passes its splits through
-    the object store) and Ray Data's autoscaling coordinator (asks a cluster autoscaler for nodes).
-    A private cluster dies with this driver and has no autoscaler, so none of the three can do
-    anything for it. Its torch set-up is ``TorchWorkersConfig``: Ray's own functions, with torch
-    imported on the workers only, so the controller starts without it. Everything else
-    (controller, workers, checkpoints, callbacks, resume, failure retries) is Ray Train's own.
-    These are Ray Train V2's internal hooks (checked against Ray 2.60, and by
-    ``tests/test_ray_train.py``); ``_trainer_class`` falls back to the plain trainer where they are
-    missing.
+    Its torch set-up is ``TorchWorkersConfig``: Ray's own functions, with torch imported on the
+    workers only, so the controller starts without it (216 MB against 350, and its worker group
+    starts sooner; BENCHMARKS §14). Ray Train's dataset manager is an actor per job that serves
+    Ray Data inputs (``datasets=``); vaeflow passes its splits through the object store instead, so
+    the actor would be one Python process start (~125 MB, ~2 CPU-seconds) for nothing. Everything
+    else (controller, workers, checkpoints, callbacks, resume, failure retries, the placement-group
+    cleaner, autoscaler requests) is Ray Train's own. These are Ray Train V2's internal hooks
+    (checked against Ray 2.60, and by ``tests/test_ray_train.py``); ``_trainer_class`` falls back to
+    the plain trainer where they are missing.
     """
 
-    _UNUSED_CALLBACKS = ("PlacementGroupCleanerCallback", "DatasetsCallback")
+    _UNUSED_CALLBACKS: tuple[str, ...] = ("DatasetsCallback",)
 
     def __init__(self, *args: Any, torch_config: TorchWorkersConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, torch_config=torch_config or TorchWorkersConfig(), **kwargs)
@@ -169,6 +167,18 @@ class _PrivateClusterTrainer(ray.train.torch.TorchTrainer):
     def _create_default_callbacks(self) -> list[Any]:
         callbacks = super()._create_default_callbacks()
         return [c for c in callbacks if type(c).__name__ not in self._UNUSED_CALLBACKS]
+
+
+class _PrivateClusterTrainer(_LeanTrainer):
+    """``_LeanTrainer`` without the helpers that serve only a cluster that outlives the job.
+
+    Ray Train also starts, per job, a placement-group cleaner (an actor that removes the job's
+    placement group if the controller dies while the cluster lives on) and Ray Data's autoscaling
+    coordinator (asks a cluster autoscaler for nodes). A private cluster dies with this driver and
+    has no autoscaler, so neither can do anything for it.
+    """
+
+    _UNUSED_CALLBACKS = ("PlacementGroupCleanerCallback", "DatasetsCallback")
 
     def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
         kwargs["scaling_policy"] = _FixedScalingWithoutAutoscaler(self.scaling_config)
@@ -203,14 +213,17 @@ _FixedScalingWithoutAutoscaler = _fixed_scaling_without_autoscaler()
 
 
 def _trainer_class() -> type[ray.train.torch.TorchTrainer]:
-    """The lean trainer on a private cluster (where this Ray's internals allow), Ray's own elsewhere."""
+    """The private-cluster trainer on a cluster this job started, the lean one on a cluster it joined
+    (where this Ray's internals allow); Ray's own with ``VAEFLOW_RAY_LEAN=0``."""
     base = ray.train.torch.TorchTrainer
-    hooks = all(hasattr(base, h) for h in ("_create_default_callbacks", "_initialize_and_run_controller"))
-    if _private_cluster and hooks and _FixedScalingWithoutAutoscaler is not None:
-        return _PrivateClusterTrainer
-    if _private_cluster:
+    if os.environ.get("VAEFLOW_RAY_LEAN", "1") == "0":
+        return base
+    if not all(hasattr(base, h) for h in ("_create_default_callbacks", "_initialize_and_run_controller")):
         log.warning("this Ray's Train internals differ from 2.60's: the job runs with Ray Train's helper actors")
-    return base
+        return base
+    if _private_cluster and _FixedScalingWithoutAutoscaler is not None:
+        return _PrivateClusterTrainer
+    return _LeanTrainer
 
 
 def _progress_factory(rank: int) -> Any:
