@@ -9,8 +9,8 @@ property column, the test split's reference statistics) and on MOSES itself with
 (``limit_train`` 0.8 N, ``val_size`` 0.1 N, ``limit_test`` 0.05 N for each of test and scaffold
 test), each in a fresh process. Reports throughput (molecules read per second of wall time) and the
 peak PSS of the process tree (the stage plus its featurising pool, sampled every 0.5 s with psutil;
-PSS counts pages shared by the forked workers once), the 1-minute load average during each run
-(min, mean, max), and their ratios.
+PSS counts pages shared by the forked workers once) with the second it came at, the PSS every 30 s,
+the 1-minute load average during each run (min, mean, max), and their ratios.
 """
 
 from __future__ import annotations
@@ -53,13 +53,13 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
     """One ``vaeflow prepare`` in a fresh process: wall time, peak PSS of its process tree (MB)."""
     proc = subprocess.Popen([sys.executable, "-m", "vaeflow.cli", "prepare", "--modality", "molecule",
                              "--root", str(root), "--no-progress", *argv], stdout=subprocess.PIPE, cwd=ROOT)
-    peak = 0.0
+    peak, peak_at = 0.0, 0.0
     timeline: list[tuple[float, float]] = []  # (seconds, PSS MB) every 30 s: how memory grows over the run
     loads: list[float] = []  # the 1-minute load average at each sample (the cores are shared)
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_at
         top = psutil.Process(proc.pid)
         while not done.is_set():
             loads.append(os.getloadavg()[0])
@@ -71,8 +71,9 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
                         total += p.memory_full_info().pss
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         pass
-                peak = max(peak, total / 2**20)
                 now = time.perf_counter() - start
+                if total / 2**20 > peak:
+                    peak, peak_at = total / 2**20, now
                 if not timeline or now - timeline[-1][0] >= 30:
                     timeline.append((round(now, 1), round(total / 2**20, 1)))
             except psutil.NoSuchProcess:
@@ -89,7 +90,8 @@ def run(argv: list[str], root: Path) -> dict[str, float]:
     if proc.returncode:
         raise SystemExit(f"prepare failed ({proc.returncode}): {' '.join(argv)}")
     counts = json.loads(out)
-    return {"wall_s": wall, "peak_pss_mb": peak, "counts": counts, "pss_timeline_s_mb": timeline,
+    return {"wall_s": wall, "peak_pss_mb": peak, "peak_at_s": round(peak_at, 1), "counts": counts,
+            "pss_timeline_s_mb": timeline,
             "load_avg": [round(min(loads), 2), round(sum(loads) / len(loads), 2), round(max(loads), 2)] if loads else None}
 
 
@@ -126,6 +128,7 @@ def main() -> None:
         read = kept + c["rejected"] + c.get("duplicates", 0)
         rows.append({"path": name, "molecules": read, "kept": kept, "wall_s": round(r["wall_s"], 1),
                      "mol_per_s": round(read / r["wall_s"], 1), "peak_pss_mb": round(r["peak_pss_mb"], 1),
+                     "peak_at_s": r["peak_at_s"],
                      "pss_kb_per_mol": round(1024 * r["peak_pss_mb"] / read, 2),
                      "load_avg_min_mean_max": r["load_avg"], "pss_timeline_s_mb": r["pss_timeline_s_mb"]})
     ratio = {}
