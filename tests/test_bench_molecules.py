@@ -83,6 +83,7 @@ def test_fcd_memory_benchmark_compares_both_implementations(tmp_path):
     out = tmp_path / "fcd_memory.json"
     fcd_memory.main(["--sizes", "24", "--out", str(out)])
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["molecules"] == 24 and row["max_abs_diff"] == 0.0  # the same statistics, computed either way
+    # The same statistics either way, to fcd_torch's float32 mean (vaeflow sums in float64).
+    assert row["molecules"] == 24 and row["max_abs_diff"] < 1e-6
     for key in ("fcd_torch_peak_mb", "vaeflow_peak_mb", "peak_ratio", "fcd_torch_s", "vaeflow_s"):
         assert _positive(row[key]), key
