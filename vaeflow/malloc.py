@@ -1,10 +1,10 @@
 """glibc malloc: keeping freed buffers for the next training step, and handing freed memory back.
 
-Keeping (``keep_freed_memory``): a training step frees and re-allocates the same activation and gradient buffers every time. With
-glibc's defaults a process can end up handing those pages back to the kernel after each step and
-faulting them in again on the next: measured on the quick image model (batch 128, 2 threads), about
-6,000 page faults per step and 20–30% of the step time, where a process with the settings below has
-about 400 (BENCHMARKS §5.3; ``tests/test_malloc.py`` measures it). The settings are the ceilings
+Keeping (``keep_freed_memory``): a training step frees and re-allocates the same activation and
+gradient buffers every time. With glibc's defaults a process can end up handing those pages back to
+the kernel after each step and faulting them in again on the next: measured on the quick image model
+(batch 128, 2 threads), about 6,000 page faults per step and 20–30% of the step time, where a
+process with the settings below has about 400 (BENCHMARKS §5.3; ``tests/test_malloc.py`` measures it). The settings are the ceilings
 glibc's own adaptive thresholds grow to: buffers up to 32 MB come from the heap, and up to 64 MB of
 freed memory stays with the process for the next step.
 
