@@ -83,6 +83,11 @@ _private_cluster = False
 _owns_cluster = False
 
 
+def _lean_wanted() -> bool:
+    """False when ``VAEFLOW_RAY_LEAN=0`` asks for all of Ray's parts (private cluster and trainer)."""
+    return os.environ.get("VAEFLOW_RAY_LEAN", "1") != "0"
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (set under ``ray job submit``; ``auto`` joins the
     cluster ``ray start`` runs on this machine) or start a private local one (also for ``local``).
@@ -110,7 +115,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Ray Train starts an actor per job that polls for node preemption (spot instances); a private
     # cluster is this machine alone, so that is one more process start per job for nothing.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    _private_cluster = os.environ.get("VAEFLOW_RAY_LEAN", "1") != "0"
+    _private_cluster = _lean_wanted()
     _owns_cluster = True
     # "local": never join a cluster by accident (Ray's default would join one left by `ray start`).
     if _private_cluster:
@@ -178,7 +183,7 @@ class _PrivateClusterTrainer(_LeanTrainer):
     has no autoscaler, so neither can do anything for it.
     """
 
-    _UNUSED_CALLBACKS = ("PlacementGroupCleanerCallback", "DatasetsCallback")
+    _UNUSED_CALLBACKS = (*_LeanTrainer._UNUSED_CALLBACKS, "PlacementGroupCleanerCallback")
 
     def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
         kwargs["scaling_policy"] = _FixedScalingWithoutAutoscaler(self.scaling_config)
@@ -216,7 +221,7 @@ def _trainer_class() -> type[ray.train.torch.TorchTrainer]:
     """The private-cluster trainer on a cluster this job started, the lean one on a cluster it joined
     (where this Ray's internals allow); Ray's own with ``VAEFLOW_RAY_LEAN=0``."""
     base = ray.train.torch.TorchTrainer
-    if os.environ.get("VAEFLOW_RAY_LEAN", "1") == "0":
+    if not _lean_wanted():
         return base
     if not all(hasattr(base, h) for h in ("_create_default_callbacks", "_initialize_and_run_controller")):
         log.warning("this Ray's Train internals differ from 2.60's: the job runs with Ray Train's helper actors")
